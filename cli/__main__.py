@@ -1,0 +1,3 @@
+from priorscope.cli.main import entrypoint
+
+entrypoint()

@@ -1,0 +1,9 @@
+"""Commands of the 'data' group (filled in by the owning issue)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the root app."""
