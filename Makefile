@@ -9,7 +9,10 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.priorscope-installed
 
-.PHONY: demo test lint check bench-blur bench-capture clean
+.PHONY: demo test lint check bench-blur bench-capture browser clean
+
+# The report test opens the HTML in a real headless browser: Debian's chromium.
+CHROMIUM ?= /usr/bin/chromium
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,9 +24,14 @@ $(STAMP): pyproject.toml setup.py
 demo: $(STAMP)
 	$(VENV)/bin/priorscope demo --out demo_out
 
-test: $(STAMP)
+browser:
+	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || \
+	  { echo "headless chromium missing: install Debian's chromium package (needed by the report test)"; exit 1; }
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -P -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
