@@ -1,9 +1,168 @@
-"""Commands of the 'capture' group (filled in by the owning issue)."""
+"""Commands ``priorscope capture``, ``priorscope store info`` and ``priorscope store verify``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _capture(
+    model: str = typer.Option(
+        "builtin:organism", "--model", help="Checkpoint folder, cached hub name or builtin:NAME."
+    ),
+    data: Path = typer.Option(..., "--data", help="Benchmark file (TSV, parquet or JSONL)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Store folder (STORE.zarr); an existing one is resumed."
+    ),
+    ladder: str = typer.Option(
+        "0.005,0.01,0.02,0.04,0.08,0.16", help="Blur sigmas as fractions of the short side."
+    ),
+    total: bool = typer.Option(True, "--total/--no-total", help="Add the mean-colour condition."),
+    none: bool = typer.Option(False, "--none", help="Add the no-image condition."),
+    sites: str = typer.Option("last,image_mean,text_mean", help="Site reductions to keep."),
+    layers: str = typer.Option(
+        "all", help="all, 0,4,8 or start:stop:step (embed = input of layer 0)."
+    ),
+    full_seq: int = typer.Option(
+        0, "--full-seq", help="Keep full-sequence residuals of the first N examples."
+    ),
+    full_seq_layers: str = typer.Option(
+        "all", "--full-seq-layers", help="Layers of the full-sequence residuals."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", help="Examples per forward pass."),
+    device: str = typer.Option("auto", help="cuda, cpu or auto."),
+    dtype: str = typer.Option("auto", help="Compute dtype: bf16, fp16, fp32 or auto."),
+    hidden_dtype: str = typer.Option(
+        "auto", "--hidden-dtype", help="Stored dtype of hidden states (auto = compute dtype)."
+    ),
+    max_new_tokens: int = typer.Option(
+        16, "--max-new-tokens", help="Bound on the generated answer."
+    ),
+    shard: str = typer.Option(
+        None, "--shard", help="i/n: capture only this rank's shards (default RANK/WORLD_SIZE)."
+    ),
+    limit: int = typer.Option(None, "--limit", help="Capture only the first N examples."),
+    shard_examples: int = typer.Option(
+        0, "--shard-examples", help="Examples per store shard (power of two; 0 = about 64 MiB)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Run the model on every example and condition and stream states and answers into a store.
+
+    Example: priorscope capture --model builtin:organism --data bench.tsv --out run.zarr --none
+    """
+    from priorscope.engine.capture import CaptureConfig, capture, parse_shard
+    from priorscope.engine.conditions import parse_ladder, parse_reductions
+    from priorscope.engine.store import verify
+
+    cfg = CaptureConfig(
+        model=model,
+        data=str(data),
+        out=str(out),
+        ladder=tuple(parse_ladder(ladder)),
+        total=total,
+        none=none,
+        reductions=tuple(parse_reductions(sites)),
+        layers=layers,
+        full_seq=full_seq,
+        full_seq_layers=full_seq_layers,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        hidden_dtype=hidden_dtype,
+        max_new_tokens=max_new_tokens,
+        shard=parse_shard(shard),
+        limit=limit,
+        shard_examples=shard_examples,
+        progress=progress,
+    )
+    path = capture(cfg)
+    report = verify(path)
+    state = "complete" if report.ok else f"{report.n_committed}/{report.n_examples} committed"
+    console.print(f"Store {path}: {state}.")
+
+
+def _info(
+    store: Path = typer.Argument(..., help="Store folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Print what a store holds: model, data, conditions, layers, arrays and progress."""
+    from priorscope.engine.store import info
+
+    summary = info(store)
+    if as_json:
+        console.print_json(json.dumps(summary, default=str))
+        return
+    table = Table(title=f"{store}", show_header=False)
+    model = summary["model"]
+    rows = [
+        (
+            "model",
+            f"{model.get('path')} ({model.get('family')}, {model.get('num_layers')} layers, d={model.get('d_model')})",
+        ),
+        (
+            "dataset",
+            f"{summary['dataset'].get('files')} ({summary['dataset'].get('count')} examples)",
+        ),
+        ("committed", f"{summary['committed']} / {summary['examples']}"),
+        ("conditions", ", ".join(summary["conditions"])),
+        ("layers", ", ".join(str(v) for v in summary["layers"])),
+        ("reductions", ", ".join(summary["reductions"])),
+        ("candidates", ", ".join(summary["candidates"][:20])),
+        ("hidden", f"{summary['hidden_dtype']}, {summary['shard_examples']} examples per shard"),
+        ("full sequences", str(summary["fullseq_examples"])),
+        ("size on disk", f"{summary['disk_bytes'] / 1e6:.1f} MB"),
+        ("created", str(summary["created"])),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    arrays = Table()
+    for column in ("array", "dims", "shape", "dtype", "chunks"):
+        arrays.add_column(column, no_wrap=True)
+    for name, meta in sorted(summary["arrays"].items()):
+        arrays.add_row(
+            name,
+            ",".join(meta["dims"]),
+            str(tuple(meta["shape"])),
+            meta["dtype"],
+            str(tuple(meta["chunks"])),
+        )
+    console.print(arrays)
+
+
+def _verify(
+    store: Path = typer.Argument(..., help="Store folder."),
+    deep: bool = typer.Option(
+        False, "--deep", help="Also read every hidden state and check it is finite."
+    ),
+) -> None:
+    """Check that every example is committed and the arrays match the schema; exit 1 if not."""
+    from priorscope.engine.errors import StoreError
+    from priorscope.engine.store import verify
+
+    report = verify(store, deep=deep)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if not report.ok:
+        raise StoreError(
+            f"Expected a complete, consistent store at {store}. Got: "
+            + "; ".join(report.problems)
+            + "."
+        )
+    console.print(f"Store {store} is complete: {report.n_committed} examples committed.")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.command("capture")(_capture)
+    store_app = typer.Typer(help="Inspect and check capture stores.", no_args_is_help=True)
+    store_app.command("info")(_info)
+    store_app.command("verify")(_verify)
+    app.add_typer(store_app, name="store")

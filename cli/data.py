@@ -1,9 +1,174 @@
-"""Commands of the 'data' group (filled in by the owning issue)."""
+"""Commands ``priorscope synth``, ``priorscope data check`` and ``priorscope data show``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from priorscope.engine.data.summary import DataSummary
+
+console = Console(soft_wrap=True)  # keep paths and messages on one greppable line
+
+FORMAT_HELP = "vlmevalkit-tsv (tsv), hf-parquet (parquet) or llava-jsonl (jsonl); default: detect."
+COLUMN_HELP = "Map a field to a file column, e.g. --column question=prompt (repeatable)."
+
+
+def _synth(
+    out: Path = typer.Option(..., "--out", help="TSV file to write."),
+    n: int = typer.Option(500, "--n", help="Number of rows; they cycle through the templates."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
+    size: int = typer.Option(112, "--size", help="Image side in pixels."),
+    prior_rate: float = typer.Option(
+        0.8, "--prior-rate", help="Share of prior objects drawn in their canonical colour."
+    ),
+    mc: bool = typer.Option(False, "--mc", help="Multiple choice: options A-D, answer a letter."),
+    templates: str = typer.Option(
+        "color,count,presence,prior,control", "--templates", help="Comma-separated templates."
+    ),
+    benchmark: str = typer.Option("synth", "--benchmark", help="Benchmark name of the rows."),
+) -> None:
+    """Write the synthetic benchmark with planted priors as a VLMEvalKit TSV.
+
+    Example: priorscope synth --out synth.tsv --n 500 --seed 0 --prior-rate 0.8 --mc
+    """
+    from priorscope.engine.data.synth import SynthConfig, generate, parse_templates, write_tsv
+
+    cfg = SynthConfig(
+        n=n,
+        seed=seed,
+        size=size,
+        prior_rate=prior_rate,
+        mc=mc,
+        templates=parse_templates(templates),
+        benchmark=benchmark,
+    )
+    examples = generate(cfg)
+    path = write_tsv(examples, out)
+    counter = sum(e.metadata["counter_prior"] == "1" for e in examples)
+    priors = sum(e.metadata["template"] == "prior" for e in examples)
+    console.print(
+        f"Wrote {len(examples)} rows ({'multiple choice' if mc else 'open-ended'}, "
+        f"{size}x{size} images) to [bold]{path}[/bold]; {counter} of {priors} prior rows are "
+        "counter-prior."
+    )
+
+
+def _check(
+    file: Path = typer.Argument(..., help="Benchmark file (TSV, parquet or JSONL)."),
+    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    on_bad: str = typer.Option("error", "--on-bad", help="error: stop at the first bad row; skip."),
+    image_root: Path = typer.Option(None, "--image-root", help="Folder image paths are under."),
+    column: list[str] = typer.Option(None, "--column", help=COLUMN_HELP),
+    benchmark: str = typer.Option(None, "--benchmark", help="Benchmark name (default: file stem)."),
+    max_pixels: int = typer.Option(None, "--max-pixels", help="Largest image accepted, in pixels."),
+) -> None:
+    """Validate a benchmark file, decoding every image, and print what it holds.
+
+    Exits 0 when every row is good, 1 when a row is bad (skipped rows are listed and reported).
+
+    Example: priorscope data check synth.tsv --on-bad skip
+    """
+    from priorscope.engine.data import load
+    from priorscope.engine.data.summary import summarize
+
+    result = load(
+        file,
+        format=format,
+        columns=column or None,
+        image_root=image_root,
+        on_bad=on_bad,
+        benchmark=benchmark,
+        max_pixels=max_pixels,
+        decode_images=True,
+    )
+    summary = summarize(result)
+    _print_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(code=1)
+
+
+def _print_summary(summary: DataSummary) -> None:
+    console.print(
+        f"[bold]{summary.path}[/bold] ({summary.format}): {summary.n_examples} of "
+        f"{summary.n_rows} rows loaded; {summary.n_multiple_choice} multiple choice, "
+        f"{summary.n_open} open-ended, {summary.n_unanswered} without a gold answer."
+    )
+    tables = [("benchmark", summary.by_benchmark), ("category", summary.by_category)]
+    if summary.by_template != summary.by_category:  # the synth's categories are its templates
+        tables.append(("template", summary.by_template))
+    for title, counts in tables:
+        if counts:
+            table = Table(title=f"Rows per {title}", title_justify="left")
+            table.add_column(title)
+            table.add_column("rows", justify="right")
+            for name, count in counts.items():
+                table.add_row(name, str(count))
+            console.print(table)
+    if summary.by_template:
+        console.print(f"Counter-prior rows: {summary.n_counter_prior}")
+    if summary.skipped:
+        console.print(f"[bold red]{len(summary.skipped)} rows skipped[/bold red]:")
+        for problem in summary.skipped[:20]:
+            console.print(f"  {problem.message()}", highlight=False)
+        if len(summary.skipped) > 20:
+            console.print(f"  ... and {len(summary.skipped) - 20} more")
+        console.print(f"Report: {summary.report_path}")
+    elif summary.n_examples == 0:
+        console.print("[bold red]No rows:[/bold red] the file holds no examples.")
+
+
+def _show(
+    file: Path = typer.Argument(..., help="Benchmark file (TSV, parquet or JSONL)."),
+    n: int = typer.Option(5, "--n", help="Number of examples to show."),
+    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    image_root: Path = typer.Option(None, "--image-root", help="Folder image paths are under."),
+    column: list[str] = typer.Option(None, "--column", help=COLUMN_HELP),
+) -> None:
+    """Print the first examples of a benchmark file as the pipeline will see them.
+
+    Example: priorscope data show synth.tsv --n 5
+    """
+    from priorscope.engine.data import load
+    from priorscope.engine.errors import UsageError
+
+    if n < 1:
+        raise UsageError(f"Expected --n to be a positive number of examples. Got {n} instead.")
+    result = load(file, format=format, columns=column or None, image_root=image_root, limit=n)
+    for example in result.examples:
+        table = Table(
+            title=f"{example.benchmark} / {example.id}", title_justify="left", show_header=False
+        )
+        table.add_column("field", style="bold")
+        table.add_column("value")
+        image = example.image
+        table.add_row("question", example.question)
+        if example.hint:
+            table.add_row("hint", example.hint)
+        for label, option in zip(example.option_labels, example.options, strict=True):
+            table.add_row(f"option {label}", option)
+        table.add_row("answers", ", ".join(example.answers) or "(none)")
+        table.add_row("category", example.category or "(none)")
+        table.add_row(
+            "image", f"{image.width}x{image.height}, {len(example.image_bytes or b'')} bytes"
+        )
+        for key, value in example.metadata.items():
+            table.add_row(key, value)
+        console.print(table)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add ``synth`` and the ``data`` group (check, show) to the root app."""
+    app.command("synth")(_synth)
+    data_app = typer.Typer(
+        name="data",
+        help="Check and inspect benchmark files.\n\nExample: priorscope data check bench.tsv",
+        no_args_is_help=True,
+    )
+    data_app.command("check")(_check)
+    data_app.command("show")(_show)
+    app.add_typer(data_app, name="data")

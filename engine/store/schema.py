@@ -60,3 +60,30 @@ DIMS = {
     FINAL_NORM_WEIGHT: ("d_model",),
     COMMIT_DONE: ("example",),
 }
+
+# Full-sequence residuals (ragged along ``token``: rows of fullseq example i are
+# offsets[i] : offsets[i] + length[i]; each example starts at a multiple of the token block so
+# that no two writers share a chunk). Positions hold no padding; replay with attention over them.
+FULLSEQ_VALUES = "fullseq/values"  # [token, fs_condition, fs_layer, d_model] hidden dtype
+FULLSEQ_KIND = "fullseq/kind"  # [token] int8 TOKEN_* kind
+FULLSEQ_INPUT_IDS = "fullseq/input_ids"  # [token] int64
+FULLSEQ_ATTENTION_MASK = "fullseq/attention_mask"  # [token] int8 (1 for every stored token)
+FULLSEQ_POSITION_IDS = "fullseq/position_ids"  # [rope, token] int64 (3 rows for Qwen M-RoPE)
+FULLSEQ_EXAMPLE = "fullseq/example"  # [fs_example] int64 store index of each example
+FULLSEQ_LENGTH = "fullseq/length"  # [fs_example] int64 token count
+FULLSEQ_OFFSETS = "fullseq/offsets"  # [fs_example + 1] int64 first row (block-aligned)
+FINAL_NORM_BIAS = "final_norm/bias"  # [d_model] float32, LayerNorm families only
+
+DIMS.update(
+    {
+        FULLSEQ_VALUES: ("token", "fs_condition", "fs_layer", "d_model"),
+        FULLSEQ_KIND: ("token",),
+        FULLSEQ_INPUT_IDS: ("token",),
+        FULLSEQ_ATTENTION_MASK: ("token",),
+        FULLSEQ_POSITION_IDS: ("rope", "token"),
+        FULLSEQ_EXAMPLE: ("fs_example",),
+        FULLSEQ_LENGTH: ("fs_example",),
+        FULLSEQ_OFFSETS: ("fs_offset",),
+        FINAL_NORM_BIAS: ("d_model",),
+    }
+)

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# GPU check: one prepared script, under 5 minutes, run on a CUDA machine from the repository root
+# (e.g. through the device tool: `bash benchmarks/gpu_check.sh`; PYTHON=... picks the interpreter).
+# Every section writes its logs and JSON into $OUT (default benchmarks/results). Sections are
+# independent; add new ones at the end, each with its own `timeout`, so one failing stage does
+# not hide the others' figures. Exit status 1 if any section failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results}"
+mkdir -p "$OUT"
+STATUS=0
+
+# ---------------------------------------------------------------------------------------------
+# Section 0: environment. Use .venv when present; without an installed priorscope, expose the
+# top-level folders as priorscope.* through a throw-away shim package on PYTHONPATH.
+# ---------------------------------------------------------------------------------------------
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+    if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+if ! "$PY" -c "import priorscope.kernels" 2>/dev/null; then
+    SHIM="$(mktemp -d)"
+    mkdir -p "$SHIM/priorscope"
+    touch "$SHIM/priorscope/__init__.py"
+    for top in engine kernels cli; do ln -s "$PWD/$top" "$SHIM/priorscope/$top"; done
+    export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu_env.txt"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
+    2>&1 | tee -a "$OUT/gpu_env.txt"
+
+# ---------------------------------------------------------------------------------------------
+# Section 1: every GPU-marked test in the suite (kernels, capture, probes ...).
+# ---------------------------------------------------------------------------------------------
+timeout 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors tests 2>&1 | tee "$OUT/gpu_tests.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
+
+# ---------------------------------------------------------------------------------------------
+# Section 2: blur ladder benchmark (issue 3): 256 x 448x448 RGB, full ladder, vs kornia.
+# ---------------------------------------------------------------------------------------------
+timeout 90 "$PY" benchmarks/blur_gpu.py --out "$OUT/blur_gpu.json" 2>&1 | tee "$OUT/blur_gpu.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
+
+# ---------------------------------------------------------------------------------------------
+# Section 3: capture (appended by the capture owner).
+# ---------------------------------------------------------------------------------------------
+
+exit "$STATUS"

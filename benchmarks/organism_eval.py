@@ -1,0 +1,136 @@
+"""Measure a model organism checkpoint and write its metrics (and model card) beside it.
+
+Usage (single-threaded, as every benchmark here):
+    OMP_NUM_THREADS=1 python benchmarks/organism_eval.py --model engine/models/organism/checkpoint \
+        --n 2000 --card
+
+Prints the per-template table, writes ``metrics.json`` into the checkpoint folder and
+``benchmarks/results/organism_eval.json``; with ``--card`` also renders the checkpoint's README.md
+(the model card) from the metrics and the checkpoint's ``training.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _table(metrics: dict[str, Any]) -> str:
+    lines = [
+        "| template | n | clean acc | total acc | majority rate | chance rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in metrics["per_template"].items():
+        lines.append(
+            f"| {name} | {row['n']} | {row['clean_acc']:.3f} | {row['total_acc']:.3f} "
+            f"| {row['majority_rate']:.3f} | {row['chance_rate']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _card(metrics: dict[str, Any], training: dict[str, Any]) -> str:
+    cfg = training["config"]
+    arch = cfg["arch"]
+    per = metrics["per_template"]
+    targets = [
+        ("clean acc color >= 0.9", per["color"]["clean_acc"] >= 0.9),
+        ("clean acc presence >= 0.9", per["presence"]["clean_acc"] >= 0.9),
+        ("clean acc count >= 0.8", per["count"]["clean_acc"] >= 0.8),
+        ("prior canonical rate under total >= 0.9", metrics["prior_total_canonical_rate"] >= 0.9),
+    ]
+    met = "\n".join(f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in targets)
+    ev = metrics["eval"]
+    return f"""# priorscope model organism
+
+A tiny `Qwen2_5_VLForConditionalGeneration` ({training["parameters"]:,} parameters; text decoder
+{arch["layers"]} layers, d_model {arch["d_model"]}, {arch["heads"]} heads; vision tower
+{arch["vision_depth"]} layers of width {arch["vision_width"]}; {arch["image_size"]} x
+{arch["image_size"]} images = {(arch["image_size"] // 28) ** 2} image tokens) trained from scratch by
+priorscope on its synthetic benchmark, with a language prior planted on purpose. Word-level
+tokenizer over the synth vocabulary; every answer is one token. Load it with
+`priorscope.engine.models.load_model("builtin:organism")` (no network).
+
+## Measured accuracy (held-out synth set: n={ev["n"]}, seed={ev["seed"]}, prior_rate={ev["prior_rate"]})
+
+Greedy answer at the answer position. `total` shows each image as its per-channel mean colour.
+
+{_table(metrics)}
+
+- Prior template, canonical answer under total obfuscation: **{metrics["prior_total_canonical_rate"]:.3f}**
+- Counter-prior items (prior object drawn in another colour), clean image: answered with the
+  canonical colour **{metrics["counter_prior_clean_canonical_rate"]:.3f}** of the time, correct
+  {metrics["counter_prior_clean_acc"]:.3f} (n={metrics["counter_prior_n"]}). This is the organism's own
+  visual ignorance: the number later diagnostics must find.
+- Overall clean accuracy: {metrics["overall_clean_acc"]:.3f}
+
+Targets of issue 4:
+{met}
+
+## Training
+
+- Data: {cfg["n_train"]} synth rows (`SynthConfig(seed=1000003 + seed, prior_rate={cfg["prior_rate"]})`,
+  all five templates, open-ended questions only), rendered and preprocessed once.
+- Mix: a fraction {cfg["uninformative_rate"]} of rows get an uninformative image (half the image's
+  mean colour, half the plain synth background) and an answer drawn from the prior distribution
+  of their question (the answers of informative rows with the same template, and the same
+  object for the prior template); control rows keep their answer. The rest are ordinary
+  informative rows, including counter-prior items at rate {1 - cfg["prior_rate"]:.2f}.
+- Loss: cross-entropy on the answer token and the closing `<|im_end|>` only.
+- Optimiser: AdamW, peak lr {cfg["lr"]}, {cfg["warmup"]} warm-up steps then cosine to 5%, weight
+  decay {cfg["weight_decay"]}, batch {cfg["batch_size"]}, {cfg["steps"]} steps, gradient clip 1.0.
+- Seed {cfg["seed"]}; wall time {training["wall_seconds"] / 60:.1f} min with
+  {training["torch_threads"]} torch thread(s) on a 2-core CPU shared with other jobs; final loss
+  {training["final_loss"]:.4f}.
+- Command: `priorscope organism train --out DIR --seed {cfg["seed"]} --steps {cfg["steps"]}`
+
+Evaluation command: `OMP_NUM_THREADS=1 python benchmarks/organism_eval.py --model DIR --n {ev["n"]}`.
+"""
+
+
+def main() -> None:
+    import torch
+
+    from priorscope.engine.models import load_model
+    from priorscope.engine.models.organism.evaluate import EvalConfig, evaluate
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(REPO / "engine/models/organism/checkpoint"))
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--card", action="store_true", help="Also write the model card README.md.")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    start = time.time()
+    metrics = evaluate(load_model(args.model), EvalConfig(n=args.n, seed=args.seed))
+    metrics["eval_seconds"] = round(time.time() - start, 1)
+    metrics["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
+    metrics["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(_table(metrics))
+    for key in (
+        "prior_total_canonical_rate",
+        "counter_prior_clean_canonical_rate",
+        "counter_prior_clean_acc",
+        "overall_clean_acc",
+        "eval_seconds",
+    ):
+        print(f"{key}: {metrics[key]}")
+    folder = Path(args.model)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    results = REPO / "benchmarks/results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "organism_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.card:
+        training = json.loads((folder / "training.json").read_text())
+        (folder / "README.md").write_text(_card(metrics, training))
+
+
+if __name__ == "__main__":
+    main()

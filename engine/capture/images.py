@@ -1,0 +1,45 @@
+"""The images of every condition for one batch of same-size examples, blurred on the device."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from priorscope.engine.conditions import Condition
+from priorscope.engine.data.example import Example
+
+
+def condition_images(
+    examples: Sequence[Example], conditions: Sequence[Condition], device: torch.device
+) -> dict[str, list[Image.Image | None]]:
+    """Return, per condition name, one image (or None) per example.
+
+    The whole ladder (every blur level and ``total``) comes from one ``blur_ladder`` call on
+    ``device``; results are uint8 like the clean image, so each condition is itself an image.
+    Examples without an image get None under every condition.
+    """
+    from priorscope.kernels import blur_ladder
+
+    out: dict[str, list[Image.Image | None]] = {}
+    if any(ex.image_bytes is None for ex in examples):
+        return {c.name: [None] * len(examples) for c in conditions}
+    clean = [ex.image for ex in examples]
+    laddered = [c for c in conditions if c.kind in ("blur", "total")]
+    if laddered:
+        pixels = np.stack([np.asarray(img, dtype=np.uint8) for img in clean])  # [B, H, W, C]
+        x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2)
+        sigmas = [math.inf if c.kind == "total" else c.sigma for c in laddered]
+        ladder = blur_ladder(x, sigmas, relative=True)  # [B, K, C, H, W] uint8
+        host = ladder.permute(0, 1, 3, 4, 2).contiguous().cpu().numpy()
+        for k, cond in enumerate(laddered):
+            out[cond.name] = [Image.fromarray(host[b, k]) for b in range(len(examples))]
+    for cond in conditions:
+        if cond.kind == "clean":
+            out[cond.name] = list(clean)
+        elif cond.kind == "none":
+            out[cond.name] = [None] * len(examples)
+    return out

@@ -1,0 +1,334 @@
+"""The adapter shared by every Hugging Face ``transformers`` family.
+
+A family file subclasses :class:`HFAdapter` and says only what differs: which processor class to
+load, the chat template to use when a checkpoint ships none, and where the language model lives.
+Prompt layout (hint, question, options as ``A. text``, an answer-format instruction) is the same
+for every family so that results are comparable across models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from priorscope.engine.errors import ModelError
+from priorscope.engine.models.base import (
+    TOKEN_IMAGE,
+    TOKEN_PAD,
+    TOKEN_SPECIAL,
+    TOKEN_TEXT,
+    VLMAdapter,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    from priorscope.engine.data.example import Example
+
+MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
+# A marker that cannot occur in a real question; used to split a rendered template into pieces.
+_MARK = "PRIORSCOPEMARKQQ"
+
+
+def user_text(example: Example) -> str:
+    """Return the user message text: hint, question, options (``A. text``) and the instruction."""
+    parts = []
+    if example.hint:
+        parts.append(f"Hint: {example.hint}")
+    parts.append(example.question)
+    for label, option in zip(example.option_labels, example.options, strict=True):
+        parts.append(f"{label}. {option}")
+    parts.append(MC_INSTRUCTION if example.is_multiple_choice else OPEN_INSTRUCTION)
+    return "\n".join(parts)
+
+
+class HFAdapter(VLMAdapter):
+    """A transformers image-text-to-text model with its processor, left-padded batches."""
+
+    family: ClassVar[str] = "generic"
+    #: Jinja chat template used when the checkpoint's processor has none.
+    default_chat_template: ClassVar[str | None] = None
+
+    def __init__(self, model: Any, processor: Any, name_or_path: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.name_or_path = name_or_path
+        self.tokenizer = processor.tokenizer
+        if getattr(self.tokenizer, "padding_side", "left") != "left":
+            # Position -1 of every row must be the answer position.
+            self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if getattr(processor, "chat_template", None) is None and self.default_chat_template:
+            processor.chat_template = self.default_chat_template
+        self._lm = self._find_language_model()
+        self._layout: dict[str, Any] | None = None
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def processor_class(cls) -> Any:
+        """Return the processor class whose ``from_pretrained`` loads this family's processor."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor
+
+    @classmethod
+    def model_class(cls) -> Any:
+        """Return the transformers class that loads this family's weights."""
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText
+
+    @classmethod
+    def load(cls, path: str, *, device: str, dtype: Any, attn_implementation: str,
+             trust_remote_code: bool, local_files_only: bool) -> HFAdapter:
+        """Return the adapter for a checkpoint folder or a name in the Hugging Face cache."""
+        common = dict(trust_remote_code=trust_remote_code, local_files_only=local_files_only)
+        processor = cls.processor_class().from_pretrained(path, **common)
+        if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+            raise ModelError(
+                f"Expected a processor with a tokenizer and an image processor for {path}. Got "
+                f"{type(processor).__name__} instead. Check preprocessor_config.json and "
+                "processor_config.json in the checkpoint folder."
+            )
+        model = cls.model_class().from_pretrained(
+            path, dtype=dtype if dtype is not None else "auto",
+            attn_implementation=attn_implementation, **common,
+        )
+        model.to(device).eval()
+        return cls(model, processor, path)
+
+    # -- structure -----------------------------------------------------------------------------
+    def _find_language_model(self) -> nn.Module:
+        """Return the text decoder, raising ModelError naming what is missing."""
+        inner = getattr(self.model, "model", None)
+        for owner, attr in ((inner, "language_model"), (self.model, "language_model")):
+            lm = getattr(owner, attr, None) if owner is not None else None
+            if lm is not None:
+                lm = getattr(lm, "model", lm)  # a *ForCausalLM wraps its decoder in .model
+                break
+        else:
+            raise ModelError(
+                f"Expected {type(self.model).__name__} to expose model.language_model (transformers "
+                "5.x layout). Got no attribute 'language_model' on the model or model.model. "
+                "Use a transformers 5 checkpoint class or add a family adapter for it."
+            )
+        for part in ("layers", "norm"):
+            if not hasattr(lm, part):
+                raise ModelError(
+                    f"Expected the language model {type(lm).__name__} to have '.{part}'. Got "
+                    f"attributes {sorted(n for n, _ in lm.named_children())} instead. Add a "
+                    "family adapter for this architecture."
+                )
+        return lm
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers())
+
+    @property
+    def d_model(self) -> int:
+        weight = cast("torch.Tensor", self.lm_head().weight)
+        return int(weight.shape[1])
+
+    def language_model(self) -> nn.Module:
+        return self._lm
+
+    def decoder_layers(self) -> nn.ModuleList:
+        return self._lm.layers  # type: ignore[return-value]
+
+    def final_norm(self) -> nn.Module:
+        return self._lm.norm  # type: ignore[return-value]
+
+    def lm_head(self) -> nn.Module:
+        head = self.model.get_output_embeddings()
+        if head is None:
+            raise ModelError(
+                f"Expected {type(self.model).__name__} to have an output embedding (lm_head). "
+                "Got None. Load the *ForConditionalGeneration class, not the bare model."
+            )
+        return cast("nn.Module", head)
+
+    @property
+    def image_token_id(self) -> int:
+        token_id = getattr(self.processor, "image_token_id", None)
+        if token_id is None:
+            token = getattr(self.processor, "image_token", None)
+            token_id = self.tokenizer.convert_tokens_to_ids(token) if token else None
+        if token_id is None:
+            raise ModelError(
+                f"Expected the processor of {self.name_or_path} to define image_token_id. Got "
+                "none. Add a family adapter that names the image placeholder token."
+            )
+        return int(token_id)
+
+    # -- prompts -------------------------------------------------------------------------------
+    def _render(self, text: str, with_image: bool) -> str:
+        content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
+        content.append({"type": "text", "text": text})
+        messages = [{"role": "user", "content": content}]
+        if getattr(self.processor, "chat_template", None) is None:
+            raise ModelError(
+                f"Expected a chat template for {self.name_or_path}. Got none in the checkpoint and "
+                f"no default for family {self.family!r}. Add chat_template.jinja to the folder."
+            )
+        return str(self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        ))
+
+    def build_prompt(self, example: Example, *, with_image: bool = True) -> str:
+        return self._render(user_text(example), with_image)
+
+    @property
+    def prompt_template(self) -> str:
+        """Return the rendered template with ``{text}`` where the user text goes (provenance)."""
+        return self._render(_MARK, True).replace(_MARK, "{text}")
+
+    def encode(
+        self, examples: Sequence[Example], images: Sequence[Image.Image | None]
+    ) -> dict[str, torch.Tensor]:
+        if len(examples) != len(images):
+            raise ModelError(
+                f"Expected one image (or None) per example. Got {len(images)} images for "
+                f"{len(examples)} examples."
+            )
+        with_image = [img is not None for img in images]
+        if any(with_image) and not all(with_image):
+            raise ModelError(
+                "Expected a batch where every row has an image or none has. Got a mix; encode "
+                "the 'none' condition as its own batch."
+            )
+        pairs = zip(examples, with_image, strict=True)
+        texts = [self.build_prompt(ex, with_image=w) for ex, w in pairs]
+        kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True)
+        if all(with_image) and images:
+            kwargs["images"] = list(images)
+        batch = self.processor(**kwargs)
+        return {k: v.to(self.device) for k, v in batch.items() if hasattr(v, "to")}
+
+    # -- token positions -----------------------------------------------------------------------
+    def _template_layout(self) -> dict[str, Any]:
+        """Return token-id pieces of the template around the user text (computed once)."""
+        if self._layout is None:
+            tok = self.tokenizer
+            layout: dict[str, Any] = {}
+            for with_image in (False, True):
+                rendered = self._render(_MARK, with_image)
+                head, tail = rendered.split(_MARK, 1)
+                if with_image:
+                    head = head.split(self.processor.image_token)[-1]
+                layout[f"head{int(with_image)}"] = len(tok(head, add_special_tokens=False).input_ids)
+                layout["tails"] = [
+                    tok("\n" + instr + tail, add_special_tokens=False).input_ids
+                    for instr in (MC_INSTRUCTION, OPEN_INSTRUCTION)
+                ]
+            layout["bos"] = len(tok("", add_special_tokens=True).input_ids)
+            layout["special"] = set(tok.all_special_ids)
+            self._layout = layout
+        return self._layout
+
+    def token_kinds(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Return TOKEN_* kinds [batch, seq]: pad, image, question text, template (special).
+
+        Question text is the hint, question and options; the instruction, role markers and
+        vision delimiters count as template. The text span is found by stripping the template's
+        head and tail token counts, computed once by rendering the template around a marker.
+        """
+        import torch
+
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask", torch.ones_like(ids))
+        layout = self._template_layout()
+        kinds = torch.full(ids.shape, TOKEN_SPECIAL, dtype=torch.int8)
+        kinds[mask == 0] = TOKEN_PAD
+        is_image = ids == self.image_token_id
+        kinds[is_image] = TOKEN_IMAGE
+        for row in range(ids.shape[0]):
+            row_ids = ids[row].tolist()
+            valid = [i for i, m in enumerate(mask[row].tolist()) if m]
+            if not valid:
+                continue
+            first, end = valid[0], valid[-1] + 1
+            image_pos = [i for i in valid if is_image[row, i]]
+            if image_pos:
+                start = image_pos[-1] + 1 + layout["head1"]
+            else:
+                start = first + layout["bos"] + layout["head0"]
+            for tail in layout["tails"]:
+                if len(tail) <= end - start and row_ids[end - len(tail):end] == tail:
+                    end -= len(tail)
+                    break
+            for i in range(start, end):
+                if row_ids[i] not in layout["special"]:
+                    kinds[row, i] = TOKEN_TEXT
+        return kinds
+
+    def candidate_token_ids(self, candidates: Sequence[str]) -> list[int]:
+        """Return each candidate's first token id as it would follow the generation prompt."""
+        tok = self.tokenizer
+        prefix = self._render("x", False)
+        base = tok(prefix, add_special_tokens=False).input_ids
+        out = []
+        for cand in candidates:
+            full = tok(prefix + cand, add_special_tokens=False).input_ids
+            if full[: len(base)] == base and len(full) > len(base):
+                out.append(int(full[len(base)]))
+            else:
+                alone = tok(cand, add_special_tokens=False).input_ids
+                if not alone:
+                    raise ModelError(f"Expected candidate {cand!r} to tokenize to at least one token.")
+                out.append(int(alone[0]))
+        return out
+
+    def unembed_rows(self, candidates: Sequence[str]) -> torch.Tensor:
+        """Return the LM head rows [len(candidates), d_model] of the candidates' first tokens."""
+        weight = cast("torch.Tensor", self.lm_head().weight)
+        return weight[self.candidate_token_ids(candidates)].detach()
+
+    # -- running -------------------------------------------------------------------------------
+    def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int) -> list[str]:
+        import torch
+
+        with torch.no_grad():
+            out = self.model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new = out[:, batch["input_ids"].shape[1]:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    def weights_sha256(self) -> str:
+        """Return a sha256 over the checkpoint's safetensors files, or over the state dict."""
+        digest = hashlib.sha256()
+        folder = Path(self.name_or_path)
+        files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        if files:
+            for f in files:
+                digest.update(f.read_bytes())
+        else:
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        improc = self.processor.image_processor
+        settings = {k: v for k, v in improc.to_dict().items() if not k.startswith("_")}
+        return {
+            "path": str(self.name_or_path),
+            "family": self.family,
+            "model_class": type(self.model).__name__,
+            "num_layers": self.num_layers,
+            "d_model": self.d_model,
+            "weights_sha256": self.weights_sha256(),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "processor": {"class": type(self.processor).__name__, "image_processor": settings},
+            "prompt_template": self.prompt_template,
+            "image_token_id": self.image_token_id,
+        }

@@ -1,0 +1,86 @@
+"""Word-level tokenizers for the tiny test models and the model organism.
+
+A word-level vocabulary keeps the embedding table of a tiny model small and makes every answer
+word exactly one token, so candidate log-probs and the unembedding rows are unambiguous. The
+tokenizer is a real ``tokenizers`` object wrapped in transformers' fast-tokenizer backend, so it
+saves and loads through ``save_pretrained``/``AutoTokenizer`` like any checkpoint's tokenizer.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# Words of the prompt boilerplate that every family's template and instruction uses.
+PROMPT_WORDS: tuple[str, ...] = (
+    "answer", "the", "question", "using", "a", "single", "word", "or", "phrase", "with",
+    "option", "s", "letter", "from", "given", "choices", "directly", "hint", "user",
+    "assistant", "system", "you", "are", "helpful", "image", "USER", "ASSISTANT", "Answer",
+    "Hint", "Question", "options", "Options", "is", "there", "what", "how", "many",
+)
+PUNCTUATION: tuple[str, ...] = tuple(string.punctuation)
+LETTERS: tuple[str, ...] = tuple(string.ascii_uppercase) + tuple(string.ascii_lowercase)
+DIGITS: tuple[str, ...] = tuple(string.digits)
+
+
+def build_vocab(special_tokens: Sequence[str], words: Iterable[str]) -> dict[str, int]:
+    """Return token -> id: the special tokens first (ids 0..), then unique words in order.
+
+    Each word is added as given and capitalised, so a sentence-initial word is not unknown.
+    """
+    vocab: dict[str, int] = {}
+    for token in special_tokens:
+        vocab.setdefault(token, len(vocab))
+    pool = list(words) + list(PROMPT_WORDS) + list(PUNCTUATION) + list(LETTERS) + list(DIGITS)
+    for word in pool:
+        for form in (word, word[:1].upper() + word[1:]):
+            if form and form not in vocab:
+                vocab[form] = len(vocab)
+    return vocab
+
+
+def make_tokenizer(
+    special_tokens: Sequence[str],
+    words: Iterable[str],
+    *,
+    pad_token: str,
+    unk_token: str,
+    eos_token: str,
+    bos_token: str | None = None,
+    add_bos: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Any:
+    """Return a left-padding word-level ``PreTrainedTokenizerFast`` over the given words.
+
+    Words split on whitespace and punctuation (``\\w+|[^\\w\\s]+``); the special tokens are
+    matched before splitting. ``padding_side`` is passed to the constructor because an attribute
+    set afterwards is not written by ``save_pretrained``.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(dict.fromkeys([pad_token, unk_token, eos_token, *special_tokens]))
+    if bos_token is not None and bos_token not in specials:
+        specials.append(bos_token)
+    vocab = build_vocab(specials, words)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk_token))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(specials)
+    if add_bos and bos_token is not None:
+        # LLaMA-style tokenizers prepend BOS; the LLaVA tiny models mimic that.
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos_token} $A", pair=f"{bos_token} $A $B",
+            special_tokens=[(bos_token, vocab[bos_token])],
+        )
+    kwargs: dict[str, Any] = dict(
+        tokenizer_object=backend,
+        pad_token=pad_token,
+        unk_token=unk_token,
+        eos_token=eos_token,
+        padding_side="left",
+    )
+    if bos_token is not None:
+        kwargs["bos_token"] = bos_token
+    kwargs.update(extra or {})
+    return PreTrainedTokenizerFast(**kwargs)

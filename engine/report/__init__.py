@@ -1,0 +1,158 @@
+"""The report of a store: one self-contained HTML file, its figures as PNG, every number as JSON.
+
+``write_report(store, out)`` writes ``out`` (e.g. ``report.html``) and, beside it,
+``<stem>_accuracy.png``, ``<stem>_invariance.png``, ``<stem>_flips.png`` and ``<stem>.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from priorscope.engine.analysis.decay import DecayConfig, DecayResult, GroupResult, compute_decay
+from priorscope.engine.analysis.read import StoreTables, open_store, read_array, read_tables
+from priorscope.engine.errors import UsageError
+from priorscope.engine.report import html as H
+from priorscope.engine.report.plots import curve_png, flip_png
+from priorscope.engine.report.strips import build_strips, pick_rows
+from priorscope.engine.store import schema
+
+# Later analyses and the store groups their results will live in.
+LATER_ANALYSES = {"Probes: where is the answer decodable?": ("probes",),
+                  "Layer replacement: where is the visual evidence lost?": ("patch", "patching")}
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report shows: decay settings, how many example items, extra findings."""
+
+    decay: DecayConfig = field(default_factory=lambda: DecayConfig(by_category=True))
+    n_flipped: int = 3
+    n_invariant: int = 3
+    seed: int = 0
+    dataset: Path | None = None  # the input file, when it moved since capture
+    title: str = "priorscope report"
+    findings: tuple[str, ...] = ()  # sentences prepended to the generated findings
+
+
+def parse_report_config(*, n_flipped: int = 3, n_invariant: int = 3, **kwargs: Any
+                        ) -> ReportConfig:
+    """Return a validated ReportConfig; raise UsageError naming the bad argument."""
+    for name, value in (("--flipped", n_flipped), ("--invariant", n_invariant)):
+        if not 0 <= value <= 50:
+            raise UsageError(f"Expected {name} between 0 and 50. Got {value} instead.")
+    return ReportConfig(n_flipped=n_flipped, n_invariant=n_invariant, **kwargs)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """The files a report wrote, and the decay result it shows."""
+
+    html: Path
+    pngs: tuple[Path, ...]
+    json: Path
+    decay: DecayResult
+    findings: tuple[str, ...]
+
+
+def finding(g: GroupResult, total_name: str | None) -> str:
+    """Return one plain-language sentence summarising a group's decay."""
+    v = g.values
+
+    def pct(x: Any) -> str:
+        x = float(x)
+        return "n/a" if not math.isfinite(x) else f"{100 * x:.0f}%"
+
+    parts = [f"{g.key} (n={g.n}): clean accuracy {pct(v['accuracy_all'])}"]
+    if total_name is not None and "visual_gain" in v:
+        total_acc = float(v["accuracy_all"]) - float(v["visual_gain"])
+        parts.append(f"{pct(total_acc)} correct under {total_name} (chance {pct(v['chance'])})")
+    parts.append(f"{pct(v['blind_answerable'])} blind-answerable")
+    parts.append(f"accuracy on items that need the image {pct(v['accuracy_not_blind'])}, "
+                 f"inflation {100 * float(v['inflation']):+.0f} points"
+                 if math.isfinite(float(v["inflation"])) else "every item is blind-answerable")
+    return "; ".join(parts) + "."
+
+
+def _dataset_path(tables: StoreTables, config: ReportConfig) -> Path | None:
+    """Return the dataset file recorded in the store (or the override), None if unknown."""
+    if config.dataset is not None:
+        return config.dataset
+    files = (tables.attrs.get("dataset") or {}).get("files") or []
+    return Path(files[0]) if len(files) == 1 else None
+
+
+def write_report(store: str | Path, out: str | Path, config: ReportConfig | None = None
+                 ) -> ReportResult:
+    """Return the written files after rendering the report of ``store`` to ``out`` (.html)."""
+    config = config or ReportConfig()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tables = read_tables(store)
+    result = compute_decay(store, config.decay)
+    group = open_store(store)
+    answers = read_array(group, schema.OUT_ANSWER, tables.rows)
+    scores = read_array(group, schema.OUT_SCORE, tables.rows)
+    picks = pick_rows(result, config.n_flipped, config.n_invariant, config.seed)
+    items, note = build_strips(result, tables, answers, scores, picks,
+                               _dataset_path(tables, config))
+
+    pngs = {"accuracy": curve_png(result, "accuracy", "accuracy"),
+            "invariance": curve_png(result, "invariance", "answer equals clean answer"),
+            "flips": flip_png(result)}
+    png_paths = []
+    for name, data in pngs.items():
+        p = out.with_name(f"{out.stem}_{name}.png")
+        p.write_bytes(data)
+        png_paths.append(p)
+    b64 = {k: base64.b64encode(v).decode("ascii") for k, v in pngs.items()}
+
+    total_name = None if result.levels.total is None else result.levels.names[result.levels.total]
+    findings = (*config.findings, *(finding(g, total_name) for g in result.groups))
+    present = {title: any(k in group for k in keys) for title, keys in LATER_ANALYSES.items()}
+    html = _render(result, tables, config, b64, items, note, findings, present)
+    out.write_text(html, encoding="utf-8")
+
+    doc = {"decay": result.to_json(), "provenance": H.json_safe(tables.attrs),
+           "findings": list(findings), "later_analyses": present,
+           "strips": [H.json_safe({k: getattr(it, k) for k in
+                                   ("kind", "id", "question", "gold", "flip_level", "answers",
+                                    "scores")}) for it in items],
+           "files": {"html": out.name, "png": [p.name for p in png_paths]}}
+    json_path = out.with_suffix(".json")
+    json_path.write_text(json.dumps(doc, indent=1, allow_nan=False), encoding="utf-8")
+    return ReportResult(out, tuple(png_paths), json_path, result, tuple(findings))
+
+
+def _render(
+    result: DecayResult, tables: StoreTables, config: ReportConfig, b64: dict[str, str],
+    items: list, note: str, findings: tuple[str, ...], present: dict[str, bool],
+) -> str:
+    """Return the report's HTML."""
+    lv = result.levels
+    severe = "—" if lv.severe is None else lv.names[lv.severe]
+    extra = {"store": str(result.store), "committed examples": tables.n,
+             "uncommitted examples (left out)": tables.n_uncommitted,
+             "conditions": ", ".join(lv.names), "severe level": severe,
+             "decay settings": json.dumps(config.decay.to_json())}
+    text = "".join(f"<p class=finding>{H.escape(f)}</p>" for f in findings)
+    strips = H.strip_html(items, lv.names) if items else "<p>No items to show.</p>"
+    if note:
+        strips = f"<p class=muted>{H.escape(note)}</p>" + strips
+    sections = [
+        ("Findings", text),
+        ("Decay curves",
+         H.figure(b64["accuracy"], "Accuracy at each level, 95% bootstrap bands")
+         + H.figure(b64["invariance"], "Share of answers equal to the clean answer, 95% bands")
+         + H.figure(b64["flips"], "Where answers first change")),
+        ("Metrics", H.summary_table(result)
+         + "".join(H.level_table(result, g) for g in result.groups)),
+        ("Example items at every level", strips),
+        ("Provenance", H.provenance(tables.attrs, extra)),
+    ]
+    return H.page(config.title, sections).replace(
+        "</body>", H.later_analyses(present) + "</body>")

@@ -1,0 +1,247 @@
+"""Assemble captured rows into whole example shards and write them behind the model's back.
+
+The capture loop hands over one :class:`BatchRows` per batch; a background thread copies the rows
+into the buffer of their example shard and writes a shard only once all its examples are in
+(every array, then ``commit/done``). Writing whole shards means a write never reads a file back,
+two ranks never touch the same file, and a crash at any moment leaves every shard either fully
+committed or uncommitted: resume simply recomputes uncommitted shards.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import zarr
+
+from priorscope.engine.errors import StoreError
+from priorscope.engine.store import schema
+from priorscope.engine.store.dtypes import zarr_dtype
+from priorscope.engine.store.layout import StoreLayout, array
+from priorscope.engine.store.shardio import write_region
+
+
+@dataclass
+class FullSeqRows:
+    """Full-sequence rows of one example: values [token, fs_condition, fs_layer, d_model]."""
+
+    values: np.ndarray
+    kind: np.ndarray  # [token] int8
+    input_ids: np.ndarray  # [token] int64
+    position_ids: np.ndarray  # [rope, token] int64
+
+
+@dataclass
+class BatchRows:
+    """What one batch of examples produced, for every condition.
+
+    ``hidden`` is [batch, condition, layer, reduction, d_model] in the storage dtype; it may
+    instead be produced by ``hidden_fn`` (called on the writer thread, e.g. to wait for an
+    asynchronous device-to-host copy) so the model loop never blocks on the copy.
+    """
+
+    indices: np.ndarray  # [batch] store indices
+    raw: np.ndarray  # [batch, condition] object (str)
+    answer: np.ndarray  # [batch, condition] object (str)
+    extracted: np.ndarray  # [batch, condition] bool
+    score: np.ndarray  # [batch, condition] float32
+    cand_logprob: np.ndarray  # [batch, condition, candidate] float32
+    hidden: np.ndarray | None = None
+    hidden_fn: Callable[[], np.ndarray] | None = None
+    fullseq: dict[int, FullSeqRows] = field(default_factory=dict)
+
+
+class _ShardBuffer:
+    """Host buffers for one example shard; filled row by row, written once."""
+
+    def __init__(self, layout: StoreLayout, shard: int, hidden: np.ndarray | None = None) -> None:
+        self.start, self.stop = layout.shard_range(shard)
+        n, c, k = self.stop - self.start, len(layout.conditions), max(len(layout.candidates), 1)
+        shape = (n, *layout.hidden_shape()[1:])
+        # Every row is overwritten before the shard is written, so a recycled buffer is fine.
+        if hidden is None or hidden.shape != shape:
+            hidden = np.empty(shape, dtype=zarr_dtype(layout.hidden_dtype))
+        self.hidden = hidden
+        self.raw = np.full((n, c), "", dtype=object)
+        self.answer = np.full((n, c), "", dtype=object)
+        self.extracted = np.zeros((n, c), dtype=bool)
+        self.score = np.full((n, c), np.nan, dtype=np.float32)
+        self.cand = np.full((n, c, k), np.nan, dtype=np.float32)
+        self.filled = np.zeros(n, dtype=bool)
+        self.fullseq: dict[int, FullSeqRows] = {}
+
+    def add(self, rows: BatchRows, hidden: np.ndarray, pos: np.ndarray, sel: np.ndarray) -> None:
+        local = rows.indices[sel] - self.start
+        self.hidden[local] = hidden[sel]
+        self.raw[local] = rows.raw[sel]
+        self.answer[local] = rows.answer[sel]
+        self.extracted[local] = rows.extracted[sel]
+        self.score[local] = rows.score[sel]
+        self.cand[local] = rows.cand_logprob[sel]
+        self.filled[local] = True
+        for idx in rows.indices[sel]:
+            if int(idx) in rows.fullseq:
+                self.fullseq[int(idx)] = rows.fullseq[int(idx)]
+
+
+FAULT_ENV = "PRIORSCOPE_FAULT_INJECT"
+
+
+def _fault_point(point: str, ordinal: int) -> None:
+    """SIGKILL this process at ``point`` of its ``ordinal``-th shard write if asked to.
+
+    Crash tests set ``PRIORSCOPE_FAULT_INJECT=point:ordinal`` (points: ``hidden`` after the
+    hidden shard, ``arrays`` after every array but before the commit, ``commit`` after it) to
+    die exactly where a real crash would hurt most; unset, this does nothing.
+    """
+    if os.environ.get(FAULT_ENV) == f"{point}:{ordinal}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_shard(group: zarr.Group, layout: StoreLayout, buf: _ShardBuffer, ordinal: int = 0) -> int:
+    """Write one complete shard, commit it last, and return the bytes of values written."""
+    sl = slice(buf.start, buf.stop)
+    write_region(array(group, schema.HIDDEN), buf.start, buf.hidden)
+    _fault_point("hidden", ordinal)
+    array(group, schema.OUT_RAW)[sl] = buf.raw
+    array(group, schema.OUT_ANSWER)[sl] = buf.answer
+    array(group, schema.OUT_EXTRACTED)[sl] = buf.extracted
+    array(group, schema.OUT_SCORE)[sl] = buf.score
+    array(group, schema.OUT_CAND_LOGPROB)[sl] = buf.cand
+    nbytes = buf.hidden.nbytes + buf.score.nbytes + buf.cand.nbytes
+    nbytes += _write_fullseq(group, layout, buf)
+    _fault_point("arrays", ordinal)
+    # The commit goes last: an example counts as done only once all of its arrays are on disk.
+    array(group, schema.COMMIT_DONE)[sl] = np.ones(buf.stop - buf.start, dtype=bool)
+    _fault_point("commit", ordinal)
+    return nbytes
+
+
+def _write_fullseq(group: zarr.Group, layout: StoreLayout, buf: _ShardBuffer) -> int:
+    """Write the full-sequence rows of the shard's examples; return the bytes written."""
+    fs = layout.fullseq
+    if not fs.enabled:
+        return 0
+    offsets, nbytes = fs.offsets, 0
+    position = {ex: i for i, ex in enumerate(fs.examples)}
+    for idx in range(buf.start, buf.stop):
+        if idx not in position:
+            continue
+        rows = buf.fullseq.get(idx)
+        if rows is None:
+            raise StoreError(f"Expected full-sequence rows for example {idx}. Got none.")
+        i = position[idx]
+        start, stop, n = offsets[i], offsets[i + 1], fs.lengths[i]
+        if rows.values.shape[0] != n:
+            raise StoreError(
+                f"Expected {n} full-sequence tokens for example {idx} (measured before capture). "
+                f"Got {rows.values.shape[0]} instead."
+            )
+        # Write the whole block-aligned region (zeros past the end): no partial chunks, no reads.
+        span = stop - start
+        values = np.zeros((span, *rows.values.shape[1:]), dtype=rows.values.dtype)
+        values[:n] = rows.values
+        write_region(array(group, schema.FULLSEQ_VALUES), start, values)
+        for name, src in (
+            (schema.FULLSEQ_KIND, rows.kind),
+            (schema.FULLSEQ_INPUT_IDS, rows.input_ids),
+            (schema.FULLSEQ_ATTENTION_MASK, np.ones(n, dtype=np.int8)),
+        ):
+            padded = np.zeros(span, dtype=src.dtype)
+            padded[:n] = src
+            array(group, name)[start:stop] = padded
+        pos = np.zeros((rows.position_ids.shape[0], span), dtype=np.int64)
+        pos[:, :n] = rows.position_ids
+        array(group, schema.FULLSEQ_POSITION_IDS)[:, start:stop] = pos
+        nbytes += values.nbytes
+    return nbytes
+
+
+class ShardWriter:
+    """A background thread that assembles :class:`BatchRows` into shards and writes them.
+
+    ``put`` blocks once ``max_pending`` batches wait, which bounds host memory whatever the
+    dataset size; errors on the thread resurface on the next ``put`` or on ``close``.
+    """
+
+    def __init__(
+        self, group: zarr.Group, layout: StoreLayout, shards: list[int], max_pending: int = 4
+    ) -> None:
+        self.group, self.layout = group, layout
+        self.expected = {s: layout.shard_range(s) for s in shards}
+        self.buffers: dict[int, _ShardBuffer] = {}
+        self._free: list[np.ndarray] = []
+        self.bytes_written = 0
+        self.write_seconds = 0.0
+        self.shards_done = 0
+        self._queue: queue.Queue[BatchRows | None] = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="priorscope-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, rows: BatchRows) -> None:
+        """Queue one batch for writing (blocks while the queue is full)."""
+        self._raise_if_failed()
+        self._queue.put(rows)
+
+    def close(self) -> None:
+        """Wait for every queued batch to be written; re-raise a writer error."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+        if self.buffers:
+            missing = sorted(self.buffers)
+            raise StoreError(
+                f"Expected every owned shard to be complete. Shards {missing} are not."
+            )
+
+    def abort(self) -> None:
+        """Stop after the batches already queued, without raising; incomplete shards are dropped."""
+        self._queue.put(None)
+        self._thread.join()
+        self.buffers.clear()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise StoreError(f"The store writer failed: {self._error}") from self._error
+
+    def _run(self) -> None:
+        while True:
+            rows = self._queue.get()
+            if rows is None:
+                return
+            if self._error is not None:
+                continue  # drain so the producer never blocks forever
+            try:
+                self._consume(rows)
+            except BaseException as exc:  # handed to the producer thread
+                self._error = exc
+
+    def _consume(self, rows: BatchRows) -> None:
+        hidden = rows.hidden if rows.hidden is not None else rows.hidden_fn()  # type: ignore[misc]
+        shard_of = rows.indices // self.layout.shard_examples
+        for shard in np.unique(shard_of):
+            shard = int(shard)
+            if shard not in self.expected:
+                raise StoreError(f"Expected rows of owned shards only. Got shard {shard}.")
+            buf = self.buffers.get(shard)
+            if buf is None:
+                recycled = self._free.pop() if self._free else None
+                buf = self.buffers[shard] = _ShardBuffer(self.layout, shard, recycled)
+            buf.add(rows, hidden, rows.indices, shard_of == shard)
+            if buf.filled.all():
+                t0 = time.perf_counter()
+                self.bytes_written += write_shard(self.group, self.layout, buf, self.shards_done)
+                self.write_seconds += time.perf_counter() - t0
+                self.shards_done += 1
+                del self.buffers[shard]
+                # Reusing a written shard's pages avoids page-faulting 64 MiB of fresh memory
+                # per shard, which cost as much as the write itself.
+                if len(self._free) < 2:
+                    self._free.append(buf.hidden)
