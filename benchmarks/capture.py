@@ -11,7 +11,7 @@ In one run on the same inputs (a random-weight Qwen2.5-VL-architecture model, sy
   and ``np.save`` per batch, plus ``generate`` for the answers.
 
 Then store I/O at Qwen2.5-VL-3B shape (37 sites x 9 conditions x 3 reductions x 2048, bf16):
-MB/s of the shard writer (including a final ``os.sync``) against ``dd ... conv=fdatasync`` on the
+MB/s of the shard writer (including an fsync of every store file) against ``dd ... conv=fdatasync`` on the
 same disk in the same run, and a cold read of one layer for every example against a flat
 ``np.memmap`` of the same array (page cache evicted with ``posix_fadvise(DONTNEED)``).
 
@@ -156,21 +156,41 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_plain(adapter: Any, batches: list, cfg: CaptureConfig) -> float:
-    """Return seconds for encode + generate over every batch and condition."""
-    t0 = time.perf_counter()
+class Timer:
+    """Wall-clock and process CPU seconds of a block (CPU time includes the writer thread).
+
+    On a shared CPU machine other jobs inflate wall-clock times at random; the process's CPU
+    time counts only work this benchmark did, so CPU-device comparisons use it.
+    """
+
+    def __enter__(self) -> Timer:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+    def as_dict(self) -> dict[str, float]:
+        return {"wall": self.wall, "cpu": self.cpu}
+
+
+def run_plain(adapter: Any, batches: list, cfg: CaptureConfig) -> dict[str, float]:
+    """Return wall and CPU seconds for encode + generate over every batch and condition."""
+    timer = Timer().__enter__()
     for examples, images in batches:
         for cond in cfg.conditions():
             batch = adapter.encode(examples, images[cond.name])
             adapter.generate(batch, max_new_tokens=cfg.max_new_tokens)
     sync(adapter.device)
-    return time.perf_counter() - t0
+    timer.__exit__()
+    return timer.as_dict()
 
 
-def run_naive(adapter: Any, batches: list, cfg: CaptureConfig, folder: Path) -> float:
-    """Return seconds for the naive capture: all hidden states to the host, np.save per batch."""
+def run_naive(adapter: Any, batches: list, cfg: CaptureConfig, folder: Path) -> dict[str, float]:
+    """Return wall and CPU seconds of the naive capture (all states to the host, np.save)."""
     folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    timer = Timer().__enter__()
     for b, (examples, images) in enumerate(batches):
         for cond in cfg.conditions():
             batch = adapter.encode(examples, images[cond.name])
@@ -180,19 +200,19 @@ def run_naive(adapter: Any, batches: list, cfg: CaptureConfig, folder: Path) -> 
             np.save(folder / f"batch{b}_{cond.name}.npy", states.numpy())
             adapter.generate(batch, max_new_tokens=cfg.max_new_tokens)
     sync(adapter.device)
-    return time.perf_counter() - t0
+    timer.__exit__()
+    return timer.as_dict()
 
 
-def run_capture(adapter: Any, cfg: CaptureConfig) -> tuple[float, float]:
-    """Return (seconds end to end, seconds of a no-op resume of the finished store)."""
+def run_capture(adapter: Any, cfg: CaptureConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """Return wall and CPU seconds end to end, and of a no-op resume of the finished store."""
     shutil.rmtree(cfg.out, ignore_errors=True)
-    t0 = time.perf_counter()
-    capture(cfg, adapter=adapter)
-    sync(adapter.device)
-    total = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    capture(cfg, adapter=adapter)
-    return total, time.perf_counter() - t0
+    with Timer() as total:
+        capture(cfg, adapter=adapter)
+        sync(adapter.device)
+    with Timer() as noop:
+        capture(cfg, adapter=adapter)
+    return total.as_dict(), noop.as_dict()
 
 
 def dd_mb_per_s(folder: Path, mb: int) -> float:
@@ -211,6 +231,17 @@ def dd_mb_per_s(folder: Path, mb: int) -> float:
     return int(match.group(1)) / float(match.group(2)) / 1e6
 
 
+def fsync_tree(path: Path) -> None:
+    """Flush every file under ``path`` to disk (os.sync would flush other jobs' data too)."""
+    for f in [path] if path.is_file() else path.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def evict(path: Path) -> None:
     """Drop ``path``'s files (or the file itself) from the page cache."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
@@ -222,9 +253,9 @@ def evict(path: Path) -> None:
             os.close(fd)
 
 
-def store_io(folder: Path, n_examples: int) -> dict[str, float]:
-    """Return write MB/s (store vs dd) and cold one-layer read ms (store vs memmap) at 3B shape."""
-    layout = StoreLayout(
+def io_layout(n_examples: int) -> StoreLayout:
+    """Return the layout of a Qwen2.5-VL-3B capture: 37 sites x 9 conditions x 3 reductions."""
+    return StoreLayout(
         n_examples,
         tuple(f"c{i}" for i in range(9)),
         tuple(range(-1, 36)),
@@ -234,42 +265,62 @@ def store_io(folder: Path, n_examples: int) -> dict[str, float]:
         "bfloat16",
         16,
     )
+
+
+def timed_store_write(path: Path, layout: StoreLayout, block: np.ndarray) -> float:
+    """Return the seconds to write and fsync a whole store of random bf16 bits via ShardWriter."""
+    import zarr
+
     conds = [{"name": c, "kind": "clean", "sigma": 0.0} for c in layout.conditions]
-    path = folder / "io.zarr"
+    n, c = layout.n_examples, len(layout.conditions)
     create_store(
         path,
         layout,
         {"conditions": conds, "config": {}},
-        {"id": list(map(str, range(n_examples)))},
+        {"id": list(map(str, range(n)))},
         np.zeros((4, 2048), np.float32),
         {"weight": np.ones(2048)},
     )
-    import zarr
-
     group = zarr.open_group(str(path), mode="r+")
-    rng = np.random.default_rng(0)
-    block = rng.integers(0, 2**16, size=(8, *layout.hidden_shape()[1:]), dtype=np.uint16)
-    c = len(layout.conditions)
-    mb_total = n_examples * layout.bytes_per_example() / 1e6
     writer = ShardWriter(group, layout, list(range(layout.n_shards)))
     t0 = time.perf_counter()
-    for start in range(0, n_examples, 8):
-        idx = np.arange(start, min(start + 8, n_examples))
+    for start in range(0, n, len(block)):
+        idx = np.arange(start, min(start + len(block), n))
+        b = len(idx)
         writer.put(
             BatchRows(
                 idx,
-                np.full((len(idx), c), "A", object),
-                np.full((len(idx), c), "A", object),
-                np.ones((len(idx), c), bool),
-                np.ones((len(idx), c), np.float32),
-                np.zeros((len(idx), c, 4), np.float32),
-                hidden=block[: len(idx)],
+                np.full((b, c), "A", object),
+                np.full((b, c), "A", object),
+                np.ones((b, c), bool),
+                np.ones((b, c), np.float32),
+                np.zeros((b, c, 4), np.float32),
+                hidden=block[:b],
             )
         )
     writer.close()
-    os.sync()
-    write_s = time.perf_counter() - t0
-    dd = dd_mb_per_s(folder, int(mb_total))
+    fsync_tree(path)  # like dd's fdatasync: the data is on disk when the clock stops
+    return time.perf_counter() - t0
+
+
+def store_io(folder: Path, n_examples: int, repeats: int = 3) -> dict[str, float]:
+    """Return write MB/s (store vs dd) and cold one-layer read ms (store vs memmap) at 3B shape.
+
+    Store writes and dd runs alternate ``repeats`` times so that other jobs' disk traffic falls
+    on both alike; the figures are medians.
+    """
+    layout = io_layout(n_examples)
+    block = np.random.default_rng(0).integers(
+        0, 2**16, size=(8, *layout.hidden_shape()[1:]), dtype=np.uint16
+    )
+    mb_total = n_examples * layout.bytes_per_example() / 1e6
+    path = folder / "io.zarr"
+    write_s, dd = [], []
+    for _ in range(repeats):
+        shutil.rmtree(path, ignore_errors=True)
+        write_s.append(timed_store_write(path, layout, block))
+        dd.append(dd_mb_per_s(folder, int(mb_total)))
+    store_mb_s = [mb_total / s for s in write_s]
     flat = np.lib.format.open_memmap(
         folder / "flat.npy", mode="w+", dtype=np.uint16, shape=layout.hidden_shape()
     )
@@ -277,7 +328,7 @@ def store_io(folder: Path, n_examples: int) -> dict[str, float]:
         flat[start : start + 8] = block[: min(8, n_examples - start)]
     flat.flush()
     del flat
-    os.sync()
+    fsync_tree(folder / "flat.npy")
     store_ms, mm_ms = [], []
     for layer in (3, 20, 33):
         evict(path)
@@ -291,9 +342,11 @@ def store_io(folder: Path, n_examples: int) -> dict[str, float]:
         assert got.shape[0] == ref.shape[0] == n_examples
     return {
         "hidden_mb": mb_total,
-        "store_write_mb_s": mb_total / write_s,
-        "dd_fdatasync_mb_s": dd,
-        "write_fraction_of_disk": mb_total / write_s / dd,
+        "store_write_mb_s": statistics.median(store_mb_s),
+        "dd_fdatasync_mb_s": statistics.median(dd),
+        "write_fraction_of_disk": statistics.median(store_mb_s) / statistics.median(dd),
+        "store_write_mb_s_all": store_mb_s,
+        "dd_fdatasync_mb_s_all": dd,
         "cold_read_one_layer_ms": statistics.median(store_ms),
         "cold_read_memmap_ms": statistics.median(mm_ms),
         "read_ratio_store_over_memmap": statistics.median(store_ms) / statistics.median(mm_ms),
@@ -311,6 +364,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="default: fp32 on CPU, bf16 on CUDA")
     p.add_argument("--io-examples", type=int, default=128)
+    p.add_argument("--naive-examples", type=int, default=0, help="0: all examples")
+    p.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default=None,
+        help="time base of the comparisons (default: process CPU time on cpu, wall on cuda)",
+    )
     p.add_argument("--workdir", default=None, help="folder on the disk to measure (default: tmp)")
     p.add_argument("--out-json", default=str(RESULTS))
     return p.parse_args()
@@ -318,6 +378,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    args.clock = args.clock or ("cpu" if args.device == "cpu" else "wall")
     if args.device == "cpu":
         torch.set_num_threads(1)
     dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
@@ -351,20 +412,28 @@ def benchmark(args: argparse.Namespace, dtype: str, work: Path) -> dict[str, Any
     )
     batches = prepared_batches(adapter, cfg)
     run_plain(adapter, batches[:1], cfg)  # warm-up (allocator, kernels)
+    # The naive capture writes every layer's full sequence; at 3B size that is ~1.5 GB per
+    # batch and condition, so it may run on a prefix of the batches (rates are per example).
+    n_naive_batches = -(
+        -min(args.naive_examples or args.examples, args.examples) // args.batch_size
+    )
+    n_naive = min(n_naive_batches * args.batch_size, args.examples)
     plain, naive, total, noop = [], [], [], []
     for _ in range(args.repeats):
         plain.append(run_plain(adapter, batches, cfg))
         t, n = run_capture(adapter, cfg)
         total.append(t)
         noop.append(n)
-        naive.append(run_naive(adapter, batches, cfg, work / "naive"))
+        naive.append(run_naive(adapter, batches[:n_naive_batches], cfg, work / "naive"))
         shutil.rmtree(work / "naive", ignore_errors=True)
     store = open_store(cfg.out)
     n_rows = args.examples * len(cfg.conditions())
-    med = {
-        k: statistics.median(v)
-        for k, v in {"plain": plain, "capture": total, "noop": noop, "naive": naive}.items()
+    samples = {"plain": plain, "capture": total, "noop": noop, "naive": naive}
+    medians = {
+        clock: {k: statistics.median(x[clock] for x in v) for k, v in samples.items()}
+        for clock in ("wall", "cpu")
     }
+    med = medians[args.clock]
     loop = med["capture"] - med["noop"]
     return {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
@@ -382,19 +451,21 @@ def benchmark(args: argparse.Namespace, dtype: str, work: Path) -> dict[str, Any
         },
         "conditions": [c.name for c in cfg.conditions()],
         "stored_hidden_shape": list(store.group["hidden"].shape),
-        "seconds_median": med,
+        "clock": args.clock,
+        "seconds_median": medians,
         "examples_per_s": {
             "plain": args.examples / med["plain"],
             "capture": args.examples / med["capture"],
             "capture_loop": args.examples / loop,
-            "naive": args.examples / med["naive"],
+            "naive": n_naive / med["naive"],
         },
         "forwards": n_rows,
         "capture_overhead_end_to_end": med["capture"] / med["plain"] - 1,
         "capture_overhead_loop": loop / med["plain"] - 1,
-        "speedup_over_naive": med["naive"] / med["capture"],
+        "naive_examples": n_naive,
+        "speedup_over_naive": (args.examples / med["capture"]) / (n_naive / med["naive"]),
         "io": store_io(work, args.io_examples),
-        "all_seconds": {"plain": plain, "capture": total, "noop_resume": noop, "naive": naive},
+        "all_seconds": samples,
     }
 
 
@@ -403,8 +474,9 @@ def print_table(r: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(
+        caption=f"rates and ratios use {r['clock']} time (medians of {r['args']['repeats']})",
         title=f"capture benchmark: {r['model']['size']} model on {r['device']} "
-        f"({r['args']['examples']} examples x {len(r['conditions'])} conditions)"
+        f"({r['args']['examples']} examples x {len(r['conditions'])} conditions)",
     )
     for col in ("measure", "value"):
         t.add_column(col)

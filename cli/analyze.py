@@ -152,7 +152,7 @@ def report_cmd(
 
 def demo_cmd(
     out: Path = typer.Option(Path("priorscope_demo"), "--out", help="Folder for every output."),
-    n: int = typer.Option(200, help="Held-out synthetic items to generate."),
+    n: int = typer.Option(500, help="Held-out synthetic items to generate."),
     seed: int = typer.Option(20261128, help="Seed of the held-out set (not a training seed)."),
     prior_rate: float = typer.Option(0.6, help="Planted prior rate of the held-out set."),
     model: str = typer.Option("builtin:organism", help="Model to diagnose (a path works too)."),

@@ -32,6 +32,9 @@ def organism_train(
     uninformative_rate: float = typer.Option(
         0.3, "--uninformative-rate", help="Fraction of rows whose image carries no evidence."
     ),
+    vision_lr_scale: float = typer.Option(
+        1.0, "--vision-lr-scale", help="Vision tower lr multiplier; 0 freezes it at random init."
+    ),
     save_every: int = typer.Option(
         0, "--save-every", help="Also save DIR/step-N every this many steps (0: only at the end)."
     ),
@@ -45,8 +48,11 @@ def organism_train(
 
     _threads(threads)
     cfg = TrainConfig(seed=seed, steps=steps, lr=lr, batch_size=batch_size, n_train=n_train,
-                      uninformative_rate=uninformative_rate, save_every=save_every)
-    summary = train(cfg, out, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+                      uninformative_rate=uninformative_rate, save_every=save_every,
+                      vision_lr_scale=vision_lr_scale)
+    summary = train(
+        cfg, out, log=lambda line: console.print(line, highlight=False, soft_wrap=True)
+    )
     console.print(
         f"[green]Saved[/green] {out} ({summary['parameters']:,} parameters, "
         f"{summary['wall_seconds']:.0f}s). Evaluate: priorscope organism eval --model {out}"

@@ -33,7 +33,7 @@ class DemoConfig:
     """What the demo generates and captures."""
 
     out: Path = Path("priorscope_demo")
-    n: int = 200
+    n: int = 500
     seed: int = 20261128
     prior_rate: float = 0.6
     size: int = 112
@@ -45,7 +45,7 @@ class DemoConfig:
 
 
 def parse_demo_config(
-    *, out: str | Path = "priorscope_demo", n: int = 200, seed: int = 20261128,
+    *, out: str | Path = "priorscope_demo", n: int = 500, seed: int = 20261128,
     prior_rate: float = 0.6, **kwargs: Any,
 ) -> DemoConfig:
     """Return a validated DemoConfig; raise UsageError naming the bad argument."""

@@ -58,6 +58,8 @@ TRUNCATE = 4.0
 # Largest kernel radius (pixels) blurred by direct convolution; larger ones go spectral.
 # Measured crossover on the dev machine: see the module docstring and benchmarks/blur.py.
 DIRECT_MAX_RADIUS = 8
+# Largest kernel radius accepted: its weights are materialised (8 bytes per tap) before folding.
+MAX_RADIUS = 10**7
 # Pixels per work chunk on CPU and on CUDA (see _chunks).
 CPU_CHUNK_PIXELS = 1 << 18
 DEVICE_CHUNK_PIXELS = 1 << 28
@@ -296,7 +298,14 @@ def blur_ladder(images: Tensor, sigmas: Iterable[float], *, relative: bool = Tru
         raise UsageError(f"Expected relative to be True or False. Got {relative!r} instead.")
     b, c, h, w = images.shape
     scale = float(min(h, w)) if relative else 1.0
-    levels = plan_ladder(s * scale for s in values)
+    pixels = [s * scale for s in values]
+    too_wide = [s for s in pixels if math.isfinite(s) and kernel_radius(s) > MAX_RADIUS]
+    if too_wide:
+        raise UsageError(
+            f"Expected blur sigmas of at most {MAX_RADIUS / TRUNCATE:g} px (kernel radius "
+            f"{MAX_RADIUS}). Got {too_wide[0]:g} px instead. Use inf for total obfuscation."
+        )
+    levels = plan_ladder(pixels)
     out = torch.empty((b, len(levels), c, h, w), dtype=images.dtype, device=images.device)
     if b > 0:
         _run_levels(images, levels, out)

@@ -195,8 +195,8 @@ def test_resume_with_another_configuration_is_refused(setup) -> None:
     message = str(info.value)
     assert "ladder: store has [0.02, 0.08], this run asks for [0.02, 0.16]" in message
     assert "max_new_tokens: store has 3, this run asks for 5" in message
-    # Batch size and progress are not part of what a store holds: resuming with them is fine.
-    capture(dataclasses.replace(cfg, batch_size=5), adapter=adapter)
+    # Batch size, progress and "automatic" shard size do not change what the store holds.
+    capture(dataclasses.replace(cfg, batch_size=5, shard_examples=0), adapter=adapter)
 
 
 def test_cli_capture_equals_api_and_store_commands(setup, capsys) -> None:
@@ -225,7 +225,7 @@ def test_an_error_mid_capture_keeps_committed_shards_and_surfaces(setup, monkeyp
 
     def generate_then_fail(batch, *, max_new_tokens):
         calls["n"] += 1
-        if calls["n"] > 12:  # 2 examples x 5 conditions per shard, batch size 2: mid shard 2
+        if calls["n"] > 7:  # one batch of 2 examples x 5 conditions per shard: fails in shard 2
             raise RuntimeError("CUDA out of memory (injected)")
         return real_generate(batch, max_new_tokens=max_new_tokens)
 

@@ -88,6 +88,7 @@ class Recorder:
         self._armed = True
 
     def disarm(self) -> None:
+        """Stop recording: later calls (decoding steps, unrelated forwards) are ignored."""
         self._armed = False
         self._kinds = None
 
@@ -103,6 +104,7 @@ class Recorder:
         return True
 
     def record(self, layer: int, hidden: torch.Tensor) -> None:
+        """Reduce ``hidden`` [batch, seq, d_model] of ``layer`` (first call per forward only)."""
         if not self._first(f"layer{layer}"):
             return
         if layer in self._slot:
@@ -112,10 +114,12 @@ class Recorder:
             self.full[layer] = hidden.detach().clone()
 
     def record_logits(self, logits: torch.Tensor) -> None:
+        """Keep the answer-position logits [batch, vocab] of the prefill."""
         if self._first("head"):
             self.logits = logits[:, -1].float()
 
     def record_positions(self, position_ids: torch.Tensor | None) -> None:
+        """Keep the rotary position ids as [rope, batch, seq] (3 rows for Qwen's M-RoPE)."""
         if position_ids is not None and self._first("rope"):
             pos = position_ids if position_ids.dim() == 3 else position_ids.unsqueeze(0)
             self.position_ids = pos.detach().clone()  # [rope, batch, seq]

@@ -119,6 +119,7 @@ def open_capture_store(
             )
         if cfg.shard[0] == 0:
             layout = _new_layout(cfg, adapter, plan, prep)
+            wanted["shard_examples"] = layout.shard_examples  # record the resolved size
             attrs = _attributes(cfg, adapter, plan, prep, wanted, data_sha)
             create_store(
                 path,
@@ -131,6 +132,9 @@ def open_capture_store(
         else:
             wait_for_store(path, cfg.wait_for_store_s)
     group = zarr.open_group(str(path), mode="r+")
+    recorded: Any = group.attrs.get("config") or {}
+    if cfg.shard_examples == 0 and "shard_examples" in recorded:
+        wanted["shard_examples"] = recorded["shard_examples"]  # "automatic" accepts any size
     check_resume(group, wanted, path)
     return group, layout_from_attrs(dict(group.attrs))
 

@@ -74,9 +74,10 @@ class _ShardBuffer:
         self.score = np.full((n, c), np.nan, dtype=np.float32)
         self.cand = np.full((n, c, k), np.nan, dtype=np.float32)
         self.filled = np.zeros(n, dtype=bool)
-        self.fullseq: dict[int, FullSeqRows] = {}
+        self.fullseq_written: set[int] = set()
 
-    def add(self, rows: BatchRows, hidden: np.ndarray, pos: np.ndarray, sel: np.ndarray) -> None:
+    def add(self, rows: BatchRows, hidden: np.ndarray, sel: np.ndarray) -> None:
+        """Copy the rows selected by ``sel`` (a mask over the batch) into this shard."""
         local = rows.indices[sel] - self.start
         self.hidden[local] = hidden[sel]
         self.raw[local] = rows.raw[sel]
@@ -85,9 +86,6 @@ class _ShardBuffer:
         self.score[local] = rows.score[sel]
         self.cand[local] = rows.cand_logprob[sel]
         self.filled[local] = True
-        for idx in rows.indices[sel]:
-            if int(idx) in rows.fullseq:
-                self.fullseq[int(idx)] = rows.fullseq[int(idx)]
 
 
 FAULT_ENV = "PRIORSCOPE_FAULT_INJECT"
@@ -115,7 +113,10 @@ def write_shard(group: zarr.Group, layout: StoreLayout, buf: _ShardBuffer, ordin
     array(group, schema.OUT_SCORE)[sl] = buf.score
     array(group, schema.OUT_CAND_LOGPROB)[sl] = buf.cand
     nbytes = buf.hidden.nbytes + buf.score.nbytes + buf.cand.nbytes
-    nbytes += _write_fullseq(group, layout, buf)
+    missing = [i for i in layout.fullseq.examples if buf.start <= i < buf.stop]
+    missing = [i for i in missing if i not in buf.fullseq_written]
+    if missing:
+        raise StoreError(f"Expected full-sequence rows for examples {missing}. Got none.")
     _fault_point("arrays", ordinal)
     # The commit goes last: an example counts as done only once all of its arrays are on disk.
     array(group, schema.COMMIT_DONE)[sl] = np.ones(buf.stop - buf.start, dtype=bool)
@@ -123,44 +124,42 @@ def write_shard(group: zarr.Group, layout: StoreLayout, buf: _ShardBuffer, ordin
     return nbytes
 
 
-def _write_fullseq(group: zarr.Group, layout: StoreLayout, buf: _ShardBuffer) -> int:
-    """Write the full-sequence rows of the shard's examples; return the bytes written."""
+def write_fullseq_example(
+    group: zarr.Group, layout: StoreLayout, idx: int, rows: FullSeqRows
+) -> int:
+    """Write one example's full-sequence rows into its own token blocks; return bytes written.
+
+    Called as soon as the rows arrive, before the shard's commit: the example owns its blocks,
+    so an early write is safe, and a crash before the commit just rewrites them on resume.
+    Holding them until the shard completes could take gigabytes at 3B scale.
+    """
     fs = layout.fullseq
-    if not fs.enabled:
-        return 0
-    offsets, nbytes = fs.offsets, 0
-    position = {ex: i for i, ex in enumerate(fs.examples)}
-    for idx in range(buf.start, buf.stop):
-        if idx not in position:
-            continue
-        rows = buf.fullseq.get(idx)
-        if rows is None:
-            raise StoreError(f"Expected full-sequence rows for example {idx}. Got none.")
-        i = position[idx]
-        start, stop, n = offsets[i], offsets[i + 1], fs.lengths[i]
-        if rows.values.shape[0] != n:
-            raise StoreError(
-                f"Expected {n} full-sequence tokens for example {idx} (measured before capture). "
-                f"Got {rows.values.shape[0]} instead."
-            )
-        # Write the whole block-aligned region (zeros past the end): no partial chunks, no reads.
-        span = stop - start
-        values = np.zeros((span, *rows.values.shape[1:]), dtype=rows.values.dtype)
-        values[:n] = rows.values
-        write_region(array(group, schema.FULLSEQ_VALUES), start, values)
-        for name, src in (
-            (schema.FULLSEQ_KIND, rows.kind),
-            (schema.FULLSEQ_INPUT_IDS, rows.input_ids),
-            (schema.FULLSEQ_ATTENTION_MASK, np.ones(n, dtype=np.int8)),
-        ):
-            padded = np.zeros(span, dtype=src.dtype)
-            padded[:n] = src
-            array(group, name)[start:stop] = padded
-        pos = np.zeros((rows.position_ids.shape[0], span), dtype=np.int64)
-        pos[:, :n] = rows.position_ids
-        array(group, schema.FULLSEQ_POSITION_IDS)[:, start:stop] = pos
-        nbytes += values.nbytes
-    return nbytes
+    i = fs.examples.index(idx)
+    start, stop, n = fs.offsets[i], fs.offsets[i + 1], fs.lengths[i]
+    if rows.values.shape[0] != n:
+        raise StoreError(
+            f"Expected {n} full-sequence tokens for example {idx} (measured before capture). "
+            f"Got {rows.values.shape[0]} instead."
+        )
+    # Write the whole block-aligned region (zeros past the end): no partial chunks, no reads.
+    span = stop - start
+    values = np.zeros((span, *rows.values.shape[1:]), dtype=rows.values.dtype)
+    values[:n] = rows.values
+    for offset in range(0, span, fs.token_block):  # one whole shard file per token block
+        block = values[offset : offset + fs.token_block]
+        write_region(array(group, schema.FULLSEQ_VALUES), start + offset, block)
+    for name, src in (
+        (schema.FULLSEQ_KIND, rows.kind),
+        (schema.FULLSEQ_INPUT_IDS, rows.input_ids),
+        (schema.FULLSEQ_ATTENTION_MASK, np.ones(n, dtype=np.int8)),
+    ):
+        padded = np.zeros(span, dtype=src.dtype)
+        padded[:n] = src
+        array(group, name)[start:stop] = padded
+    pos = np.zeros((rows.position_ids.shape[0], span), dtype=np.int64)
+    pos[:, :n] = rows.position_ids
+    array(group, schema.FULLSEQ_POSITION_IDS)[:, start:stop] = pos
+    return values.nbytes
 
 
 class ShardWriter:
@@ -234,7 +233,16 @@ class ShardWriter:
             if buf is None:
                 recycled = self._free.pop() if self._free else None
                 buf = self.buffers[shard] = _ShardBuffer(self.layout, shard, recycled)
-            buf.add(rows, hidden, rows.indices, shard_of == shard)
+            sel = shard_of == shard
+            buf.add(rows, hidden, sel)
+            for idx in rows.indices[sel]:
+                if int(idx) in rows.fullseq:
+                    t0 = time.perf_counter()
+                    self.bytes_written += write_fullseq_example(
+                        self.group, self.layout, int(idx), rows.fullseq[int(idx)]
+                    )
+                    self.write_seconds += time.perf_counter() - t0
+                    buf.fullseq_written.add(int(idx))
             if buf.filled.all():
                 t0 = time.perf_counter()
                 self.bytes_written += write_shard(self.group, self.layout, buf, self.shards_done)

@@ -54,6 +54,11 @@ class TrainConfig:
     arch: OrganismArch = field(default_factory=OrganismArch)
     log_every: int = 100
     save_every: int = 0  # also save DIR/step-N every this many steps (0: only at the end)
+    # The vision tower stays frozen at its random init for the first vision_freeze_steps (the
+    # text decoder first learns to read the random features), then trains at lr x
+    # vision_lr_scale; a scale of 0 keeps it frozen throughout.
+    vision_freeze_steps: int = 0
+    vision_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -61,6 +66,8 @@ class TrainConfig:
             ("lr", self.lr > 0), ("n_train", self.n_train >= self.batch_size),
             ("uninformative_rate", 0.0 <= self.uninformative_rate < 1.0),
             ("prior_rate", 0.0 <= self.prior_rate <= 1.0), ("warmup", self.warmup >= 0),
+            ("vision_lr_scale", self.vision_lr_scale >= 0),
+            ("vision_freeze_steps", self.vision_freeze_steps >= 0),
         ]
         for name, ok in checks:
             if not ok:
@@ -221,6 +228,28 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     return loss, (logits[:, 0].argmax(-1) == targets[:, 0]).detach()
 
 
+def _optimizer(model: Any, cfg: TrainConfig) -> Any:
+    """Return AdamW with the vision tower in its own group (scaled or frozen)."""
+    import torch
+
+    vision = list(model.model.visual.parameters())
+    vision_ids = {id(p) for p in vision}
+    rest = [p for p in model.parameters() if id(p) not in vision_ids]
+    groups = [{"params": rest, "scale": 1.0}]
+    if cfg.vision_lr_scale > 0:
+        groups.append({"params": vision, "scale": cfg.vision_lr_scale})
+    _set_vision_trainable(model, cfg, 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _set_vision_trainable(model: Any, cfg: TrainConfig, step: int) -> None:
+    # Trained from the first step, the vision tower's output drifted into one large constant
+    # vector (image tokens indistinguishable, the image ignored); frozen random features do not.
+    trainable = cfg.vision_lr_scale > 0 and step >= cfg.vision_freeze_steps
+    for p in model.model.visual.parameters():
+        p.requires_grad_(trainable)
+
+
 def _save(model: Any, processor: Any, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -244,7 +273,7 @@ def train(cfg: TrainConfig, out_dir: str | Path,
     model = organism_model(cfg.arch, tokenizer)
     model.train()
     params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _optimizer(model, cfg)
     improc = processor.image_processor
     image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     grid = cfg.arch.image_size // 14
@@ -256,8 +285,10 @@ def train(cfg: TrainConfig, out_dir: str | Path,
         batch = collate([data.input_ids[i] for i in idx], tokenizer.pad_token_id, image_id)
         batch["pixel_values"] = patchify(data.images[idx], improc.image_mean, improc.image_std)
         batch["image_grid_thw"] = torch.tensor([[1, grid, grid]] * len(idx))
+        if step == cfg.vision_freeze_steps and step > 0:
+            _set_vision_trainable(model, cfg, step)
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = _lr_at(step, cfg) * group["scale"]
         loss, hits = answer_loss(model, batch)
         for i, hit in zip(idx, hits.tolist(), strict=True):
             if not data.uninformative[i]:
