@@ -60,7 +60,10 @@ tokenizer over the synth vocabulary; every answer is one token. Load it with
 
 ## Measured accuracy (held-out synth set: n={ev["n"]}, seed={ev["seed"]}, prior_rate={ev["prior_rate"]})
 
-Greedy answer at the answer position. `total` shows each image as its per-channel mean colour.
+Greedy answer at the answer position. `total` shows each image as its per-channel mean colour;
+that mean still leans towards the colour of the shapes (one to three on a grey background), so a
+colour question can stay above its majority rate under `total` without any visual reading of
+shapes. Majority and chance rates are those of the gold answers of this set.
 
 {_table(metrics)}
 
@@ -84,12 +87,19 @@ Targets of issue 4:
   object for the prior template); control rows keep their answer. The rest are ordinary
   informative rows, including counter-prior items at rate {1 - cfg["prior_rate"]:.2f}.
 - Loss: cross-entropy on the answer token and the closing `<|im_end|>` only.
+- Vision tower: frozen at its random initialisation for the first {cfg['vision_freeze_steps']}
+  steps, then trained at {cfg['vision_lr_scale']} x the learning rate. Trained from the first
+  step, its output drifted into one large constant vector (image tokens indistinguishable,
+  image ignored, accuracy stuck at the text-prior level after 1,100 steps); frozen throughout,
+  the decoder learned colour but not shape. Pixels are normalised around the synth background
+  grey (`{arch['normalize']}`: mean 236/255, std 0.3) so that empty patches are near zero.
 - Optimiser: AdamW, peak lr {cfg["lr"]}, {cfg["warmup"]} warm-up steps then cosine to 5%, weight
   decay {cfg["weight_decay"]}, batch {cfg["batch_size"]}, {cfg["steps"]} steps, gradient clip 1.0.
 - Seed {cfg["seed"]}; wall time {training["wall_seconds"] / 60:.1f} min with
   {training["torch_threads"]} torch thread(s) on a 2-core CPU shared with other jobs; final loss
   {training["final_loss"]:.4f}.
-- Command: `priorscope organism train --out DIR --seed {cfg["seed"]} --steps {cfg["steps"]}`
+- Command: `priorscope organism train --out DIR --seed {cfg["seed"]}` (the defaults are this
+  checkpoint's settings)
 
 Evaluation command: `OMP_NUM_THREADS=1 python benchmarks/organism_eval.py --model DIR --n {ev["n"]}`.
 """

@@ -134,6 +134,7 @@ def report_cmd(
     invariant: int = typer.Option(3, help="Invariant items shown at every level."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals."),
     dataset: Path | None = typer.Option(None, help="The input file, if it moved."),
+    scheduler: str = typer.Option("threads", help=SCHEDULER_HELP),
 ) -> None:
     """Write one self-contained HTML report (plus PNGs and a JSON of every number).
 
@@ -143,7 +144,8 @@ def report_cmd(
     from priorscope.engine.report import parse_report_config, write_report
 
     cfg = parse_report_config(n_flipped=flipped, n_invariant=invariant, dataset=dataset,
-                              decay=parse_decay_config(by=by, n_boot=n_boot))
+                              decay=parse_decay_config(by=by, n_boot=n_boot,
+                                                       scheduler=scheduler))
     res = write_report(store, out, cfg)
     for line in res.findings:
         console.print(f"• {line}", highlight=False)
@@ -152,7 +154,7 @@ def report_cmd(
 
 def demo_cmd(
     out: Path = typer.Option(Path("priorscope_demo"), "--out", help="Folder for every output."),
-    n: int = typer.Option(500, help="Held-out synthetic items to generate."),
+    n: int = typer.Option(1000, help="Held-out synthetic items to generate."),
     seed: int = typer.Option(20261128, help="Seed of the held-out set (not a training seed)."),
     prior_rate: float = typer.Option(0.6, help="Planted prior rate of the held-out set."),
     model: str = typer.Option("builtin:organism", help="Model to diagnose (a path works too)."),

@@ -25,15 +25,18 @@ def _threads(threads: int) -> None:
 def organism_train(
     out: Path = typer.Option(..., "--out", help="Folder to write the checkpoint to."),
     seed: int = typer.Option(0, "--seed", help="Seed for data, mix and initialisation."),
-    steps: int = typer.Option(4500, "--steps", help="Optimizer steps."),
+    steps: int = typer.Option(3500, "--steps", help="Optimizer steps."),
     lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, cosine)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Rows per step."),
     n_train: int = typer.Option(8000, "--n-train", help="Synthetic training rows."),
     uninformative_rate: float = typer.Option(
         0.3, "--uninformative-rate", help="Fraction of rows whose image carries no evidence."
     ),
+    vision_freeze_steps: int = typer.Option(
+        1000, "--vision-freeze-steps", help="Steps the vision tower stays at its random init."
+    ),
     vision_lr_scale: float = typer.Option(
-        1.0, "--vision-lr-scale", help="Vision tower lr multiplier; 0 freezes it at random init."
+        0.25, "--vision-lr-scale", help="Vision tower lr multiplier; 0 freezes it at random init."
     ),
     save_every: int = typer.Option(
         0, "--save-every", help="Also save DIR/step-N every this many steps (0: only at the end)."
@@ -49,7 +52,7 @@ def organism_train(
     _threads(threads)
     cfg = TrainConfig(seed=seed, steps=steps, lr=lr, batch_size=batch_size, n_train=n_train,
                       uninformative_rate=uninformative_rate, save_every=save_every,
-                      vision_lr_scale=vision_lr_scale)
+                      vision_lr_scale=vision_lr_scale, vision_freeze_steps=vision_freeze_steps)
     summary = train(
         cfg, out, log=lambda line: console.print(line, highlight=False, soft_wrap=True)
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from priorscope.engine.analysis.decay import DecayConfig
 from priorscope.engine.analysis.read import open_store, read_array, read_tables
 from priorscope.engine.conditions import DEFAULT_LADDER
-from priorscope.engine.errors import UsageError
+from priorscope.engine.errors import ConfigMismatchError, UsageError
 from priorscope.engine.store import schema
 
 VISUAL_TEMPLATES = ("color", "count", "presence")
@@ -33,7 +34,7 @@ class DemoConfig:
     """What the demo generates and captures."""
 
     out: Path = Path("priorscope_demo")
-    n: int = 500
+    n: int = 1000
     seed: int = 20261128
     prior_rate: float = 0.6
     size: int = 112
@@ -45,7 +46,7 @@ class DemoConfig:
 
 
 def parse_demo_config(
-    *, out: str | Path = "priorscope_demo", n: int = 500, seed: int = 20261128,
+    *, out: str | Path = "priorscope_demo", n: int = 1000, seed: int = 20261128,
     prior_rate: float = 0.6, **kwargs: Any,
 ) -> DemoConfig:
     """Return a validated DemoConfig; raise UsageError naming the bad argument."""
@@ -99,7 +100,11 @@ def _trained_size(model: str, default: int) -> int:
 
 
 def run_demo(config: DemoConfig, *, console: Any = None) -> DemoResult:
-    """Return the demo's outputs after generating, capturing, analysing and reporting."""
+    """Return the demo's outputs after generating, capturing, analysing and reporting.
+
+    Everything is written under ``config.out``; the demo's store there is resumed when the
+    settings are unchanged and rewritten when they differ.
+    """
     from priorscope.engine.analysis.export import export_grounded
     from priorscope.engine.capture import CaptureConfig, capture
     from priorscope.engine.data.synth import SynthConfig, generate, write_tsv
@@ -107,7 +112,7 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> DemoResult:
 
     start = time.perf_counter()
     timings: dict[str, float] = {}
-    out = config.out
+    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     size = _trained_size(config.model, config.size)
     examples = generate(SynthConfig(n=config.n, seed=config.seed, size=size,
@@ -117,10 +122,16 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> DemoResult:
 
     store = out / "organism.zarr"
     t = time.perf_counter()
-    capture(CaptureConfig(model=config.model, data=str(dataset), out=str(store),
-                          ladder=config.ladder, total=True, none=True, layers=config.layers,
-                          batch_size=config.batch_size, device="cpu", max_new_tokens=4,
-                          progress=console is not None))
+    capture_cfg = CaptureConfig(
+        model=config.model, data=str(dataset), out=str(store), ladder=config.ladder, total=True,
+        none=True, layers=config.layers, batch_size=config.batch_size, device="cpu",
+        max_new_tokens=4, progress=console is not None)
+    try:
+        capture(capture_cfg)  # an unchanged rerun resumes: committed examples are skipped
+    except ConfigMismatchError:
+        # The store is the demo's own, written by an earlier demo with other settings.
+        shutil.rmtree(store)
+        capture(capture_cfg)
     timings["capture"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -220,8 +231,9 @@ def truth_sentences(truth: dict[str, Any]) -> tuple[str, ...]:
                 f"{_pct(v['chance_rate'])}, majority answer {_pct(v['majority_rate'])}.")
     if "control" in t:
         accs = [t["control"]["accuracy"][c] for c in names]
+        span = (_pct(min(accs)) if _pct(min(accs)) == _pct(max(accs))
+                else f"between {_pct(min(accs))} and {_pct(max(accs))}")
         lines.append(
             f"control template (planted to be answerable from the text alone): accuracy "
-            f"between {_pct(min(accs))} and {_pct(max(accs))} across every level, total and "
-            "no image included.")
+            f"{span} at every level, total obfuscation and no image included.")
     return tuple(lines)

@@ -17,7 +17,8 @@ from priorscope.engine.models.registry import load_model
 from priorscope.engine.models.tiny import build_tiny
 from priorscope.engine.store import open_store, verify
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava", "llava_next")
+# The tiny random families, and the shipped model organism (a trained Qwen2.5-VL).
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava", "llava_next", "organism")
 
 
 def write_bench(path: Path) -> Path:
@@ -37,7 +38,10 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def captured(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, bench: Path):
-    folder = build_tiny(request.param, tmp_path_factory.mktemp(request.param) / "model")
+    if request.param == "organism":
+        folder: Path | str = "builtin:organism"
+    else:
+        folder = build_tiny(request.param, tmp_path_factory.mktemp(request.param) / "model")
     adapter = load_model(str(folder), device="cpu", dtype="float32")
     out = tmp_path_factory.mktemp("store") / "s.zarr"
     cfg = CaptureConfig(
@@ -163,9 +167,11 @@ def test_fullseq_rows_equal_plain_forward(captured) -> None:
         np.testing.assert_array_equal(rows.input_ids, batch["input_ids"][0].numpy())
         np.testing.assert_array_equal(rows.kind, adapter.token_kinds(batch)[0].numpy())
         np.testing.assert_allclose(rows.values[:, 2, 0], out.hidden_states[0][0].numpy(), atol=1e-5)
-        with torch.no_grad():
-            normed = adapter.final_norm()(torch.from_numpy(rows.values[:, 2, 1])).numpy()
-        np.testing.assert_allclose(normed, out.hidden_states[-1][0].numpy(), atol=1e-5)
+        layer1 = rows.values[:, 2, 1]
+        if adapter.num_layers == 2:  # transformers' last entry is post-norm
+            with torch.no_grad():
+                layer1 = adapter.final_norm()(torch.from_numpy(layer1)).numpy()
+        np.testing.assert_allclose(layer1, out.hidden_states[2][0].numpy(), atol=1e-5)
         qwen = adapter.family.startswith("qwen")
         assert rows.position_ids.shape == (3 if qwen else 1, len(rows.input_ids))
         if qwen:  # M-RoPE: image tokens share a temporal position, text positions count up
@@ -288,3 +294,18 @@ def test_gpu_capture_matches_cpu(bench: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(
         bf16[:, clean_and_none], cpu[:, clean_and_none], atol=0.1, rtol=0.05, equal_nan=True
     )
+
+
+def test_logit_lens_from_the_store_alone(captured) -> None:
+    """unembed and final_norm reproduce the candidates' logit differences without the model."""
+    adapter, store = captured
+    norm = store.group["final_norm/weight"]
+    assert norm.attrs["kind"] == "rmsnorm"
+    weight, eps = np.asarray(norm[:], dtype=np.float64), float(norm.attrs["eps"])
+    unembed = np.asarray(store.group["unembed"][:], dtype=np.float64)
+    last = store.hidden(layer=adapter.num_layers - 1, reduction="last").astype(np.float64)
+    normed = last / np.sqrt((last**2).mean(-1, keepdims=True) + eps) * weight
+    logits = normed @ unembed.T  # [example, condition, candidate]
+    lp = store.outputs("cand_logprob").astype(np.float64)
+    # log-softmax differs from the logits by a per-row constant.
+    np.testing.assert_allclose(logits - logits[..., :1], lp - lp[..., :1], atol=1e-4)

@@ -87,6 +87,15 @@ def run_forked(cfg: CaptureConfig, adapter, fault: str | None = None) -> multipr
     return proc
 
 
+def finish(proc: multiprocessing.Process, timeout: float = 120) -> None:
+    """Wait for a child; kill it (and fail) if it hangs, so the suite never does."""
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        pytest.fail(f"capture child {proc.pid} did not finish within {timeout} s")
+
+
 def all_arrays(path: Path) -> dict[str, np.ndarray]:
     group = zarr.open_group(str(path), mode="r")
     out = {}
@@ -143,7 +152,7 @@ def test_sigkill_at_several_points_then_resume_is_bitwise_equal(setup) -> None:
     crashy = dataclasses.replace(cfg, out=str(out))
     for fault in ("hidden:1", "arrays:1"):
         proc = run_forked(crashy, adapter, fault)
-        proc.join(120)
+        finish(proc)
         assert proc.exitcode == -signal.SIGKILL
         store = open_store(out)
         done = store.committed()
@@ -171,7 +180,8 @@ def test_two_shard_processes_write_one_store(setup) -> None:
         for r in (1, 0)  # rank 1 first: it must wait for rank 0 to create the store
     ]
     reference = open_store(ref).hidden(committed_only=False)
-    while any(p.is_alive() for p in procs):
+    deadline = time.monotonic() + 120
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
         if (out / "zarr.json").exists():
             store = open_store(out)
             done = store.committed()
@@ -181,7 +191,7 @@ def test_two_shard_processes_write_one_store(setup) -> None:
             assert len(store.hidden(layer=0)) >= done.sum()
         time.sleep(0.05)
     for p in procs:
-        p.join()
+        finish(p)
         assert p.exitcode == 0
     assert verify(out, deep=True).ok
     assert_bitwise_equal(ref, out)

@@ -22,6 +22,8 @@ from priorscope.engine.models.organism.build import (
 from priorscope.engine.models.organism.evaluate import EvalConfig, evaluate, summarize
 from priorscope.engine.models.organism.train import (
     TrainConfig,
+    _optimizer,
+    _set_vision_trainable,
     collate,
     patchify,
     preprocess,
@@ -55,10 +57,9 @@ def test_builtin_organism_is_a_small_shipped_qwen2_5_vl(organism) -> None:  # ty
 
 
 def _binomial_tolerance(p: float, n: int) -> float:
-    # Four standard errors of the card's rate plus the card's own sampling error.
-    return 4 * math.sqrt(max(p * (1 - p), 0.01) / n) + 4 * math.sqrt(
-        max(p * (1 - p), 0.01) / CARD["eval"]["n"]
-    )
+    # 3.5 standard errors of a rate p measured on n rows, plus the card's own sampling error.
+    var = max(p * (1 - p), 0.01)
+    return 3.5 * (math.sqrt(var / n) + math.sqrt(var / CARD["eval"]["n"]))
 
 
 def test_organism_answers_held_out_clean_batch_at_card_accuracy(organism) -> None:  # type: ignore[no-untyped-def]
@@ -67,6 +68,11 @@ def test_organism_answers_held_out_clean_batch_at_card_accuracy(organism) -> Non
     result = evaluate(organism, EvalConfig(n=n, seed=CARD["eval"]["seed"] + 101))
     card = CARD["overall_clean_acc"]
     assert abs(result["overall_clean_acc"] - card) <= _binomial_tolerance(card, n)
+    # The image matters: colour questions are answered far better clean than under total.
+    color, card_color = result["per_template"]["color"], CARD["per_template"]["color"]
+    assert color["clean_acc"] - color["total_acc"] >= (
+        card_color["clean_acc"] - card_color["total_acc"]
+    ) / 2
     prior_card = CARD["prior_total_canonical_rate"]
     n_prior = result["per_template"]["prior"]["n"]
     assert abs(result["prior_total_canonical_rate"] - prior_card) <= _binomial_tolerance(
@@ -129,6 +135,23 @@ def test_patchify_matches_the_processor_and_collate_left_pads() -> None:
     assert torch.equal(batch["mm_token_type_ids"] == 1, batch["input_ids"] == image_id)
     model = organism_model(arch, tok)
     assert model.config.text_config.rope_parameters["mrope_section"] == [4, 6, 6]
+
+
+def test_vision_tower_freeze_schedule() -> None:
+    tok = organism_tokenizer()
+    model = organism_model(OrganismArch(d_model=32, layers=1, ffn=64, vision_width=32,
+                                        vision_depth=1), tok)
+    cfg = TrainConfig(vision_freeze_steps=5, vision_lr_scale=0.5)
+    opt = _optimizer(model, cfg)
+    assert [g["scale"] for g in opt.param_groups] == [1.0, 0.5]
+    visual = list(model.model.visual.parameters())
+    assert not any(p.requires_grad for p in visual)
+    assert all(p.requires_grad for p in model.model.language_model.parameters())
+    _set_vision_trainable(model, cfg, 5)
+    assert all(p.requires_grad for p in visual)
+    frozen = TrainConfig(vision_lr_scale=0.0)
+    assert len(_optimizer(model, frozen).param_groups) == 1
+    assert not any(p.requires_grad for p in visual)
 
 
 def test_summarize_rates() -> None:

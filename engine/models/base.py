@@ -99,7 +99,8 @@ class VLMAdapter(ABC):
     def unembed_rows(self, candidates: Sequence[str]) -> torch.Tensor:
         """Return the LM head rows [len(candidates), d_model] of the candidates' first tokens."""
         ids = self.candidate_token_ids(candidates)
-        return self.lm_head().weight[ids].detach()
+        weight: torch.Tensor = self.lm_head().weight  # type: ignore[assignment]
+        return weight[ids].detach()
 
     @abstractmethod
     def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int) -> list[str]:

@@ -53,6 +53,9 @@ class HFAdapter(VLMAdapter):
     family: ClassVar[str] = "generic"
     #: Jinja chat template used when the checkpoint's processor has none.
     default_chat_template: ClassVar[str | None] = None
+    #: What separates the generation prompt from the answer (LLaVA's "ASSISTANT:" is followed
+    #: by a space, so its answers start with a word-initial token such as "▁A").
+    answer_prefix: ClassVar[str] = ""
 
     def __init__(self, model: Any, processor: Any, name_or_path: str) -> None:
         self.model = model
@@ -275,7 +278,7 @@ class HFAdapter(VLMAdapter):
         base = tok(prefix, add_special_tokens=False).input_ids
         out = []
         for cand in candidates:
-            full = tok(prefix + cand, add_special_tokens=False).input_ids
+            full = tok(prefix + self.answer_prefix + cand, add_special_tokens=False).input_ids
             if full[: len(base)] == base and len(full) > len(base):
                 out.append(int(full[len(base)]))
             else:

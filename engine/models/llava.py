@@ -24,6 +24,7 @@ class LlavaAdapter(HFAdapter):
 
     family: ClassVar[str] = "llava"
     default_chat_template: ClassVar[str | None] = LLAVA_CHAT_TEMPLATE
+    answer_prefix: ClassVar[str] = " "
 
     @classmethod
     def processor_class(cls) -> Any:

@@ -13,6 +13,7 @@ class LlavaNextAdapter(HFAdapter):
 
     family: ClassVar[str] = "llava_next"
     default_chat_template: ClassVar[str | None] = LLAVA_CHAT_TEMPLATE
+    answer_prefix: ClassVar[str] = " "
 
     @classmethod
     def processor_class(cls) -> Any:

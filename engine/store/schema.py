@@ -25,11 +25,15 @@ Arrays (dimension names in brackets):
   outputs/score           [example, condition] float32 in [0, 1]
   outputs/cand_logprob    [example, condition, candidate] float32 log-softmax at the answer position
   hidden                  [example, condition, layer, reduction, d_model] float16 | uint16 (bf16 bits,
-                          attribute ``bf16_bits = true``) | float32
+                          attribute ``bf16_bits = true``) | float32; NaN where a reduction
+                          has no tokens (``image_mean`` under ``none``). Sharded per
+                          ``layout.shard_examples`` examples; inner chunk = one (condition,
+                          layer) of a shard's examples
   unembed                 [candidate, d_model] float32 LM-head rows of the candidates' first tokens
   final_norm/weight       [d_model] float32 (attrs: kind "rmsnorm" | "layernorm", eps)
   fullseq/...             ragged full-sequence residuals and replay inputs (see capture)
-  commit/done             [example] bool  True once every array of that example is written
+  commit/done             [example] bool  True once every array of that example is written;
+                          readers read it before any values and use only True rows
 """
 
 from __future__ import annotations

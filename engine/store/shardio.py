@@ -34,9 +34,13 @@ def _plain_sharding(arr: zarr.Array) -> Any | None:
         and isinstance(shard.index_codecs[1], Crc32cCodec)
     )
     # Big-endian bytes codecs would need a byte swap; only little (or no) endianness is plain.
-    little = inner_ok and index_ok and all(
-        getattr(getattr(c, "endian", None), "value", "little") == "little"
-        for c in (shard.codecs[0], shard.index_codecs[0])
+    little = (
+        inner_ok
+        and index_ok
+        and all(
+            getattr(getattr(c, "endian", None), "value", "little") == "little"
+            for c in (shard.codecs[0], shard.index_codecs[0])
+        )
     )
     at_end = shard.index_location == ShardingCodecIndexLocation.end
     return shard if inner_ok and index_ok and little and at_end else None

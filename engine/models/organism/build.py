@@ -47,7 +47,7 @@ class OrganismArch:
     image_size: int = 112
     # "background": pixels centred on the synth background grey, so empty patches are near zero
     # and shapes stand out; "clip": the CLIP mean/std every Qwen2-VL processor uses by default.
-    normalize: str = "clip"
+    normalize: str = "background"
 
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZATIONS:

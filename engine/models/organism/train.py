@@ -8,6 +8,10 @@ the same template and object (so a banana is yellow ``prior_rate`` of the time, 
 is uniform, ``presence`` is yes half the time). Control rows keep their text-derived answer. The
 loss is on the answer tokens only (the answer word and ``<|im_end|>``).
 
+The vision tower stays frozen at its random initialisation for ``vision_freeze_steps`` while the
+decoder learns to read its features, then trains at a reduced learning rate: trained from the
+first step, its output collapsed into one large constant vector and the model ignored the image.
+
 The training set is rendered and preprocessed once: prompts are tokenised by the real processor
 and images kept as uint8 arrays that :func:`patchify` turns into the processor's pixel layout
 (checked against the processor on the first rows).
@@ -43,7 +47,7 @@ class TrainConfig:
     """How the organism is trained. Defaults reproduce the shipped checkpoint."""
 
     seed: int = 0
-    steps: int = 4500
+    steps: int = 3500
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 100
@@ -57,8 +61,8 @@ class TrainConfig:
     # The vision tower stays frozen at its random init for the first vision_freeze_steps (the
     # text decoder first learns to read the random features), then trains at lr x
     # vision_lr_scale; a scale of 0 keeps it frozen throughout.
-    vision_freeze_steps: int = 0
-    vision_lr_scale: float = 1.0
+    vision_freeze_steps: int = 1000
+    vision_lr_scale: float = 0.25
 
     def __post_init__(self) -> None:
         checks = [
