@@ -43,7 +43,16 @@ timeout 90 "$PY" benchmarks/blur_gpu.py --out "$OUT/blur_gpu.json" 2>&1 | tee "$
 [ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
 
 # ---------------------------------------------------------------------------------------------
-# Section 3: capture (appended by the capture owner).
+# Section 3: capture (issue 5; owned by the capture task).
 # ---------------------------------------------------------------------------------------------
+# Random-weight Qwen2.5-VL-3B architecture (36 layers, d_model 2048, 448x448 images = 256
+# image tokens), bf16, 128 examples x 4 conditions (clean, blur@0.02, blur@0.08, total):
+# plain generate vs priorscope capture vs naive capture (first 16 examples: it writes ~1.6 GB
+# per batch and condition), then store writes vs dd and a one-layer read vs a memmap at 3B shape.
+# The GPU capture test (tests/test_capture.py::test_gpu_capture_matches_cpu) runs in Section 1.
+timeout 150 "$PY" benchmarks/capture.py --model-size 3b --device cuda --examples 128 \
+    --batch-size 16 --repeats 1 --naive-examples 16 --io-examples 256 \
+    --out-json "$OUT/capture_gpu.json" 2>&1 | tee "$OUT/capture_gpu.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
 
 exit "$STATUS"

@@ -44,7 +44,7 @@ def _half_width(p: float, n: int) -> float:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("demo")
-    cfg = DemoConfig(out=out, n=300, seed=424242, prior_rate=PRIOR_RATE, ladder=(0.02, 0.16),
+    cfg = DemoConfig(out=out, n=600, seed=424242, prior_rate=PRIOR_RATE, ladder=(0.02, 0.16),
                      n_boot=200)
     return run_demo(cfg)
 
@@ -52,6 +52,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_demo_writes_report_subset_and_truth_sentences(demo) -> None:
     assert demo.report.html.is_file() and demo.grounded.is_file()
+    # The grounded subset of the captured store: header plus rows copied from the input.
+    source = demo.dataset.read_text().splitlines()
+    subset = demo.grounded.read_text().splitlines()
+    assert subset[0] == source[0] and 0 < len(subset) - 1 < len(source) - 1
+    assert set(subset[1:]) <= set(source[1:])
     assert (demo.dataset.parent / "demo_truth.json").is_file()
     text = " ".join(demo.sentences)
     assert f"planted prior rate {PRIOR_RATE:g}" in text and "control template" in text
@@ -67,6 +72,8 @@ def test_prior_template_blind_rate_matches_the_model_card(demo) -> None:
     card_n = _find(_card(), "per_template")["prior"]["n"]
     prior, measured = demo.truth["prior"], demo.truth["templates"]["prior"]
     share = prior["measured_canonical_share"]  # the planted rate as realised in this set
+    # The card predicts the canonical answer under total; blind-answerable also needs the
+    # severe blur right, which can only lower the rate, so this is the card's upper estimate.
     predicted = card_rate * share
     # Binomial spread of this set plus the card's own sampling error, both at 95%.
     half = Z * math.sqrt(predicted * (1 - predicted) / prior["n"]
