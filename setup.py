@@ -10,6 +10,8 @@ TOP_LEVEL = ("engine", "kernels", "cli")
 
 packages = [
     f"priorscope.{name}"
-    for name in find_packages(include=[f"{top}" for top in TOP_LEVEL] + [f"{top}.*" for top in TOP_LEVEL])
+    for name in find_packages(
+        include=[f"{top}" for top in TOP_LEVEL] + [f"{top}.*" for top in TOP_LEVEL]
+    )
 ]
 setup(packages=packages, package_dir={f"priorscope.{top}": top for top in TOP_LEVEL})

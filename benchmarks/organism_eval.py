@@ -101,6 +101,10 @@ Targets of issue 4:
 - Command: `priorscope organism train --out DIR --seed {cfg["seed"]}` (the defaults are this
   checkpoint's settings)
 
+Not reached: the visual templates that need shape identity (count, presence) stay at their
+majority rate; the vision tower learned colour, not shape, in this budget. A 6,000-step run of the
+same recipe (33 min) was no better on held-out data (colour 0.645, count 0.398, presence 0.482).
+
 Evaluation command: `OMP_NUM_THREADS=1 python benchmarks/organism_eval.py --model DIR --n {ev["n"]}`.
 """
 

@@ -18,15 +18,26 @@ SCHEDULER_HELP = "Dask scheduler: threads, processes, sync, or a cluster address
 def decay_table(result: Any, title: str = "Decay metrics") -> Table:
     """Return a rich table of the headline decay metrics, one row per group (percent, 95% CI)."""
     lv = result.levels
-    table = Table(title=title, title_justify="left", caption=(
-        "percent, 95% bootstrap interval below. blind: right under severe blur and total; "
-        "adj.: blind minus chance; grnd.: clean accuracy on items not blind-answerable; "
-        "infl.: clean minus grnd."),
-        caption_justify="left")
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption=(
+            "percent, 95% bootstrap interval below. blind: right under severe blur and total; "
+            "adj.: blind minus chance; grnd.: clean accuracy on items not blind-answerable; "
+            "infl.: clean minus grnd."
+        ),
+        caption_justify="left",
+    )
     # The terminal shows the headline numbers; the JSON and the report hold all of them.
-    cols = [("clean", "accuracy_all"), ("total", "@total"), ("AUC", "normalised_auc"),
-            ("blind", "blind_answerable"), ("adj.", "blind_answerable_adjusted"),
-            ("grnd.", "accuracy_not_blind"), ("infl.", "inflation")]
+    cols = [
+        ("clean", "accuracy_all"),
+        ("total", "@total"),
+        ("AUC", "normalised_auc"),
+        ("blind", "blind_answerable"),
+        ("adj.", "blind_answerable_adjusted"),
+        ("grnd.", "accuracy_not_blind"),
+        ("infl.", "inflation"),
+    ]
     table.add_column("group", no_wrap=True)
     for label, _ in cols:
         table.add_column(label, justify="right", min_width=6)
@@ -35,8 +46,11 @@ def decay_table(result: Any, title: str = "Decay metrics") -> Table:
         for _, name in cols:
             if name == "@total":
                 c = lv.total
-                cells.append("—" if c is None else _cell(
-                    g.values["accuracy"][c], g.low["accuracy"][c], g.high["accuracy"][c]))
+                cells.append(
+                    "—"
+                    if c is None
+                    else _cell(g.values["accuracy"][c], g.low["accuracy"][c], g.high["accuracy"][c])
+                )
             elif name in g.values:
                 cells.append(_cell(g.values[name], g.low[name], g.high[name]))
             else:
@@ -85,8 +99,16 @@ def decay_cmd(
     """
     from priorscope.engine.analysis.decay import compute_decay, parse_decay_config
 
-    cfg = parse_decay_config(by=by, correct_at=correct_at, severe=severe, n_boot=n_boot, ci=ci,
-                             seed=seed, chunk_rows=chunk_rows, scheduler=scheduler)
+    cfg = parse_decay_config(
+        by=by,
+        correct_at=correct_at,
+        severe=severe,
+        n_boot=n_boot,
+        ci=ci,
+        seed=seed,
+        chunk_rows=chunk_rows,
+        scheduler=scheduler,
+    )
     result = compute_decay(store, cfg)
     console.print(decay_table(result))
     console.print(level_table(result))
@@ -104,10 +126,12 @@ def export_cmd(
     clean_at: float = typer.Option(0.5, help="Correct on clean: score at or above this."),
     wrong_below: float = typer.Option(0.5, help="Wrong when obfuscated: score below this."),
     severe: str | None = typer.Option(None, help="Blur level used as 'severe'."),
-    require_severe: bool = typer.Option(True, "--severe-wrong/--no-severe",
-                                        help="Require a wrong answer under the severe blur."),
-    require_total: bool = typer.Option(True, "--total-wrong/--no-total",
-                                       help="Require a wrong answer under total obfuscation."),
+    require_severe: bool = typer.Option(
+        True, "--severe-wrong/--no-severe", help="Require a wrong answer under the severe blur."
+    ),
+    require_total: bool = typer.Option(
+        True, "--total-wrong/--no-total", help="Require a wrong answer under total obfuscation."
+    ),
     dataset: Path | None = typer.Option(None, help="The input file, if it moved."),
 ) -> None:
     """Write the items that need the image (right on clean, wrong when obfuscated).
@@ -116,12 +140,18 @@ def export_cmd(
     """
     from priorscope.engine.analysis.export import export_grounded, parse_grounded_config
 
-    cfg = parse_grounded_config(clean_at=clean_at, wrong_below=wrong_below, severe=severe,
-                                require_severe=require_severe, require_total=require_total,
-                                dataset=dataset)
+    cfg = parse_grounded_config(
+        clean_at=clean_at,
+        wrong_below=wrong_below,
+        severe=severe,
+        require_severe=require_severe,
+        require_total=require_total,
+        dataset=dataset,
+    )
     res = export_grounded(store, out, cfg)
-    console.print(f"Wrote {len(res.selected_ids)} of {res.n_examples} items ({res.format}) "
-                  f"to {res.out}.")
+    console.print(
+        f"Wrote {len(res.selected_ids)} of {res.n_examples} items ({res.format}) to {res.out}."
+    )
     if res.inlined_images:
         console.print(f"{res.inlined_images} rows had the image they referenced inlined.")
 
@@ -143,9 +173,12 @@ def report_cmd(
     from priorscope.engine.analysis.decay import parse_decay_config
     from priorscope.engine.report import parse_report_config, write_report
 
-    cfg = parse_report_config(n_flipped=flipped, n_invariant=invariant, dataset=dataset,
-                              decay=parse_decay_config(by=by, n_boot=n_boot,
-                                                       scheduler=scheduler))
+    cfg = parse_report_config(
+        n_flipped=flipped,
+        n_invariant=invariant,
+        dataset=dataset,
+        decay=parse_decay_config(by=by, n_boot=n_boot, scheduler=scheduler),
+    )
     res = write_report(store, out, cfg)
     for line in res.findings:
         console.print(f"• {line}", highlight=False)

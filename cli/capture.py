@@ -92,7 +92,10 @@ def _info(
     store: Path = typer.Argument(..., help="Store folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Print what a store holds: model, data, conditions, layers, arrays and progress."""
+    """Print what a store holds: model, data, conditions, layers, arrays and progress.
+
+    Example: priorscope store info synth.zarr --json
+    """
     from priorscope.engine.store import info
 
     summary = info(store)

@@ -50,12 +50,18 @@ def organism_train(
     from priorscope.engine.models.organism.train import TrainConfig, train
 
     _threads(threads)
-    cfg = TrainConfig(seed=seed, steps=steps, lr=lr, batch_size=batch_size, n_train=n_train,
-                      uninformative_rate=uninformative_rate, save_every=save_every,
-                      vision_lr_scale=vision_lr_scale, vision_freeze_steps=vision_freeze_steps)
-    summary = train(
-        cfg, out, log=lambda line: console.print(line, highlight=False, soft_wrap=True)
+    cfg = TrainConfig(
+        seed=seed,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        n_train=n_train,
+        uninformative_rate=uninformative_rate,
+        save_every=save_every,
+        vision_lr_scale=vision_lr_scale,
+        vision_freeze_steps=vision_freeze_steps,
     )
+    summary = train(cfg, out, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
     console.print(
         f"[green]Saved[/green] {out} ({summary['parameters']:,} parameters, "
         f"{summary['wall_seconds']:.0f}s). Evaluate: priorscope organism eval --model {out}"
@@ -83,9 +89,14 @@ def organism_eval(
     for col in ("template", "n", "clean acc", "total acc", "majority", "chance"):
         table.add_column(col)
     for template, row in result["per_template"].items():
-        table.add_row(template, str(row["n"]), f"{row['clean_acc']:.3f}",
-                      f"{row['total_acc']:.3f}", f"{row['majority_rate']:.3f}",
-                      f"{row['chance_rate']:.3f}")
+        table.add_row(
+            template,
+            str(row["n"]),
+            f"{row['clean_acc']:.3f}",
+            f"{row['total_acc']:.3f}",
+            f"{row['majority_rate']:.3f}",
+            f"{row['chance_rate']:.3f}",
+        )
     console.print(table)
     console.print(
         f"prior template, canonical answer under total: {result['prior_total_canonical_rate']:.3f}"
@@ -108,8 +119,16 @@ def model_info(
 
     info = load_model(name).describe()
     table = Table(title=name, show_header=False)
-    for key in ("path", "family", "model_class", "num_layers", "d_model", "dtype",
-                "weights_sha256", "image_token_id"):
+    for key in (
+        "path",
+        "family",
+        "model_class",
+        "num_layers",
+        "d_model",
+        "dtype",
+        "weights_sha256",
+        "image_token_id",
+    ):
         table.add_row(key, str(info[key]))
     table.add_row("prompt_template", repr(info["prompt_template"]))
     console.print(table)
@@ -117,8 +136,9 @@ def model_info(
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
-    organism = typer.Typer(help="Train and evaluate the built-in model organism.",
-                           no_args_is_help=True)
+    organism = typer.Typer(
+        help="Train and evaluate the built-in model organism.", no_args_is_help=True
+    )
     organism.command("train")(organism_train)
     organism.command("eval")(organism_eval)
     app.add_typer(organism, name="organism")

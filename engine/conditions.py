@@ -64,7 +64,9 @@ def parse_condition(name: str) -> Condition:
     if match:
         sigma = float(match.group(1))
         if sigma <= 0:
-            raise UsageError(f"Expected a positive blur sigma in {name!r}. Use 'clean' for sigma 0.")
+            raise UsageError(
+                f"Expected a positive blur sigma in {name!r}. Use 'clean' for sigma 0."
+            )
         return Condition(blur_name(sigma), "blur", sigma)
     raise UsageError(
         f"Unknown condition {name!r}. Expected 'clean', 'blur@S' with S a fraction of the "

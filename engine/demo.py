@@ -46,8 +46,12 @@ class DemoConfig:
 
 
 def parse_demo_config(
-    *, out: str | Path = "priorscope_demo", n: int = 1000, seed: int = 20261128,
-    prior_rate: float = 0.6, **kwargs: Any,
+    *,
+    out: str | Path = "priorscope_demo",
+    n: int = 1000,
+    seed: int = 20261128,
+    prior_rate: float = 0.6,
+    **kwargs: Any,
 ) -> DemoConfig:
     """Return a validated DemoConfig; raise UsageError naming the bad argument."""
     if not 10 <= n <= 100_000:
@@ -115,17 +119,27 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> DemoResult:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     size = _trained_size(config.model, config.size)
-    examples = generate(SynthConfig(n=config.n, seed=config.seed, size=size,
-                                    prior_rate=config.prior_rate))
+    examples = generate(
+        SynthConfig(n=config.n, seed=config.seed, size=size, prior_rate=config.prior_rate)
+    )
     dataset = write_tsv(examples, out / "heldout_synth.tsv")
     timings["generate"] = time.perf_counter() - start
 
     store = out / "organism.zarr"
     t = time.perf_counter()
     capture_cfg = CaptureConfig(
-        model=config.model, data=str(dataset), out=str(store), ladder=config.ladder, total=True,
-        none=True, layers=config.layers, batch_size=config.batch_size, device="cpu",
-        max_new_tokens=4, progress=console is not None)
+        model=config.model,
+        data=str(dataset),
+        out=str(store),
+        ladder=config.ladder,
+        total=True,
+        none=True,
+        layers=config.layers,
+        batch_size=config.batch_size,
+        device="cpu",
+        max_new_tokens=4,
+        progress=console is not None,
+    )
     try:
         capture(capture_cfg)  # an unchanged rerun resumes: committed examples are skipped
     except ConfigMismatchError:
@@ -138,14 +152,20 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> DemoResult:
     truth = planted_truth(store, config.prior_rate)
     sentences = truth_sentences(truth)
     grounded = export_grounded(store, out / "grounded_subset.tsv").out
-    report = write_report(store, out / "report.html", ReportConfig(
-        decay=DecayConfig(by_category=True, n_boot=config.n_boot),
-        title="priorscope demo: the built-in organism on a held-out synthetic benchmark",
-        findings=sentences))
+    report = write_report(
+        store,
+        out / "report.html",
+        ReportConfig(
+            decay=DecayConfig(by_category=True, n_boot=config.n_boot),
+            title="priorscope demo: the built-in organism on a held-out synthetic benchmark",
+            findings=sentences,
+        ),
+    )
     timings["analyse"] = time.perf_counter() - t
     (out / "demo_truth.json").write_text(json.dumps(truth, indent=1, allow_nan=False))
-    return DemoResult(dataset, store, grounded, report, truth, sentences,
-                      time.perf_counter() - start, timings)
+    return DemoResult(
+        dataset, store, grounded, report, truth, sentences, time.perf_counter() - start, timings
+    )
 
 
 def _rate(mask: np.ndarray) -> float | None:
@@ -171,8 +191,7 @@ def planted_truth(store: str | Path, prior_rate: float) -> dict[str, Any]:
     correct = score >= 0.5
     blind = blind_answerable(correct, lv.severe, lv.total)
     template = np.array([m.get("template", "") for m in tables.metadata])
-    out: dict[str, Any] = {"prior_rate": prior_rate, "conditions": list(lv.names),
-                           "templates": {}}
+    out: dict[str, Any] = {"prior_rate": prior_rate, "conditions": list(lv.names), "templates": {}}
     for name in sorted(set(template.tolist())):
         idx = np.flatnonzero(template == name)
         golds = [tables.gold[i][0] if tables.gold[i] else "" for i in idx]
@@ -217,23 +236,30 @@ def truth_sentences(truth: dict[str, Any]) -> tuple[str, ...]:
             f"({_pct(pt['blind_answerable'])} blind-answerable); planted prior rate "
             f"{truth['prior_rate']:g} ({_pct(p['measured_canonical_share'])} of these items "
             f"drawn in their canonical colour). Under total the organism names the canonical "
-            f"colour on {_pct(p['total_canonical_rate'])} of prior items.")
+            f"colour on {_pct(p['total_canonical_rate'])} of prior items."
+        )
         lines.append(
             f"counter-prior items ({p['counter_prior_n']}, drawn in an unusual colour): "
             f"{_pct(p['counter_prior_clean_acc'])} right on the clean image, "
-            f"{_pct(p['counter_prior_total_acc'])} under total obfuscation.")
+            f"{_pct(p['counter_prior_total_acc'])} under total obfuscation."
+        )
     for name in VISUAL_TEMPLATES:
         if name in t:
             v = t[name]
             lines.append(
                 f"{name} template (needs the image): clean {_pct(v['accuracy']['clean'])}, "
                 f"total obfuscation {_pct(v['accuracy'][total])}; planted chance "
-                f"{_pct(v['chance_rate'])}, majority answer {_pct(v['majority_rate'])}.")
+                f"{_pct(v['chance_rate'])}, majority answer {_pct(v['majority_rate'])}."
+            )
     if "control" in t:
         accs = [t["control"]["accuracy"][c] for c in names]
-        span = (_pct(min(accs)) if _pct(min(accs)) == _pct(max(accs))
-                else f"between {_pct(min(accs))} and {_pct(max(accs))}")
+        span = (
+            _pct(min(accs))
+            if _pct(min(accs)) == _pct(max(accs))
+            else f"between {_pct(min(accs))} and {_pct(max(accs))}"
+        )
         lines.append(
             f"control template (planted to be answerable from the text alone): accuracy "
-            f"{span} at every level, total obfuscation and no image included.")
+            f"{span} at every level, total obfuscation and no image included."
+        )
     return tuple(lines)

@@ -44,10 +44,15 @@ def result(examples, tmp_path_factory: pytest.TempPathFactory):
         answers.append([g, g, g, blind])
     answer = np.array(answers)
     store = write_answer_store(
-        tmp_path_factory.mktemp("validity") / "s.zarr", conditions=conds,
-        ids=[e.id for e in examples], gold=[list(e.answers) for e in examples], answer=answer,
-        score=(answer == np.array(gold)[:, None]).astype(np.float32), benchmark="synth",
-        category=[e.category for e in examples], chunk_rows=128,
+        tmp_path_factory.mktemp("validity") / "s.zarr",
+        conditions=conds,
+        ids=[e.id for e in examples],
+        gold=[list(e.answers) for e in examples],
+        answer=answer,
+        score=(answer == np.array(gold)[:, None]).astype(np.float32),
+        benchmark="synth",
+        category=[e.category for e in examples],
+        chunk_rows=128,
     )
     return compute_decay(store, parse_decay_config(by="category", n_boot=300))
 

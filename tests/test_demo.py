@@ -44,8 +44,9 @@ def _half_width(p: float, n: int) -> float:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("demo")
-    cfg = DemoConfig(out=out, n=600, seed=424242, prior_rate=PRIOR_RATE, ladder=(0.02, 0.16),
-                     n_boot=200)
+    cfg = DemoConfig(
+        out=out, n=600, seed=424242, prior_rate=PRIOR_RATE, ladder=(0.02, 0.16), n_boot=200
+    )
     return run_demo(cfg)
 
 
@@ -76,8 +77,9 @@ def test_prior_template_blind_rate_matches_the_model_card(demo) -> None:
     # severe blur right, which can only lower the rate, so this is the card's upper estimate.
     predicted = card_rate * share
     # Binomial spread of this set plus the card's own sampling error, both at 95%.
-    half = Z * math.sqrt(predicted * (1 - predicted) / prior["n"]
-                         + share**2 * card_rate * (1 - card_rate) / card_n)
+    half = Z * math.sqrt(
+        predicted * (1 - predicted) / prior["n"] + share**2 * card_rate * (1 - card_rate) / card_n
+    )
     assert abs(measured["blind_answerable"] - predicted) <= half + 1e-9, (measured, predicted)
 
 
@@ -87,8 +89,9 @@ def test_visual_templates_fall_to_chance_or_majority_under_total(demo) -> None:
     for name in ("color", "count", "presence"):
         t = demo.truth["templates"][name]
         acc = t["accuracy"]["total"]
-        near = [abs(acc - p) <= _half_width(p, t["n"]) for p in (t["chance_rate"],
-                                                                  t["majority_rate"])]
+        near = [
+            abs(acc - p) <= _half_width(p, t["n"]) for p in (t["chance_rate"], t["majority_rate"])
+        ]
         assert any(near), (name, acc, t["chance_rate"], t["majority_rate"])
         clean.append(t["accuracy"]["clean"])
         total.append(acc)

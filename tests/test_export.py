@@ -152,13 +152,19 @@ def test_parquet_and_jsonl_keep_the_selected_rows(tmp_path) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.text(alphabet='ab"\t\n ', max_size=6), min_size=3, max_size=3),
-                min_size=1, max_size=6),
-       st.sampled_from(["\n", "\r\n"]))
+@given(
+    st.lists(
+        st.lists(st.text(alphabet='ab"\t\n ', max_size=6), min_size=3, max_size=3),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from(["\n", "\r\n"]),
+)
 def test_split_records_agrees_with_the_csv_module(rows, terminator) -> None:
     buf = io.StringIO()
     csv.writer(buf, delimiter="\t", lineterminator=terminator).writerows(rows)
     records = split_records(buf.getvalue().encode())
-    parsed = [next(csv.reader(io.StringIO(r.decode(), newline=""), delimiter="\t"))
-              for r in records]
+    parsed = [
+        next(csv.reader(io.StringIO(r.decode(), newline=""), delimiter="\t")) for r in records
+    ]
     assert parsed == rows

@@ -70,9 +70,10 @@ def test_organism_answers_held_out_clean_batch_at_card_accuracy(organism) -> Non
     assert abs(result["overall_clean_acc"] - card) <= _binomial_tolerance(card, n)
     # The image matters: colour questions are answered far better clean than under total.
     color, card_color = result["per_template"]["color"], CARD["per_template"]["color"]
-    assert color["clean_acc"] - color["total_acc"] >= (
-        card_color["clean_acc"] - card_color["total_acc"]
-    ) / 2
+    assert (
+        color["clean_acc"] - color["total_acc"]
+        >= (card_color["clean_acc"] - card_color["total_acc"]) / 2
+    )
     prior_card = CARD["prior_total_canonical_rate"]
     n_prior = result["per_template"]["prior"]["n"]
     assert abs(result["prior_total_canonical_rate"] - prior_card) <= _binomial_tolerance(
@@ -139,8 +140,9 @@ def test_patchify_matches_the_processor_and_collate_left_pads() -> None:
 
 def test_vision_tower_freeze_schedule() -> None:
     tok = organism_tokenizer()
-    model = organism_model(OrganismArch(d_model=32, layers=1, ffn=64, vision_width=32,
-                                        vision_depth=1), tok)
+    model = organism_model(
+        OrganismArch(d_model=32, layers=1, ffn=64, vision_width=32, vision_depth=1), tok
+    )
     cfg = TrainConfig(vision_freeze_steps=5, vision_lr_scale=0.5)
     opt = _optimizer(model, cfg)
     assert [g["scale"] for g in opt.param_groups] == [1.0, 0.5]
@@ -193,6 +195,11 @@ def test_cli_model_info_and_organism_eval(tmp_path: Path) -> None:
     assert main(["organism", "eval", "--n", "25", "--seed", "5", "--json", str(out)]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["eval"]["n"] == 25 and set(metrics["per_template"]) == {
-        "color", "count", "presence", "prior", "control"}
+        "color",
+        "count",
+        "presence",
+        "prior",
+        "control",
+    }
     assert main(["organism", "eval", "--threads", "0"]) == 2
     assert main(["model", "info", "builtin:nope"]) == 2

@@ -291,8 +291,12 @@ def group_statistics(ex: PerExample, levels: Levels) -> dict[str, np.ndarray]:
         "inflation": acc_clean - grounded,
     }
     if levels.severe is None and levels.total is None:
-        for name in ("blind_answerable", "blind_answerable_adjusted", "accuracy_not_blind",
-                     "inflation"):
+        for name in (
+            "blind_answerable",
+            "blind_answerable_adjusted",
+            "accuracy_not_blind",
+            "inflation",
+        ):
             stats[name] = np.full(np.shape(acc_clean), np.nan)
     if levels.total is not None:
         stats["visual_gain"] = acc_clean - acc[..., levels.total]
@@ -445,8 +449,13 @@ class DecayResult:
 
 
 def derive_per_example(
-    gold: Sequence[Sequence[str]], options: Sequence[Sequence[str]], score: np.ndarray,
-    invariant: np.ndarray, extracted: np.ndarray, levels: Levels, config: DecayConfig,
+    gold: Sequence[Sequence[str]],
+    options: Sequence[Sequence[str]],
+    score: np.ndarray,
+    invariant: np.ndarray,
+    extracted: np.ndarray,
+    levels: Levels,
+    config: DecayConfig,
 ) -> PerExample:
     """Return the per-example arrays of one group; chance is relative to this group's answers."""
     correct = correct_at_threshold(score, config.correct_at)
@@ -524,8 +533,9 @@ def compute_decay(
         mask = np.array([b == benchmark for b in tables.benchmark])
         if category is not None:
             mask &= np.array([c == category for c in tables.category])
-        results.append(_one_group(tables, score, inv, extracted, mask, levels, config,
-                                  benchmark, category))
+        results.append(
+            _one_group(tables, score, inv, extracted, mask, levels, config, benchmark, category)
+        )
     per_example = _per_example_table(tables, score, inv, extracted, levels, config)
     return DecayResult(path, config, levels, tuple(results), per_example, tables.n_uncommitted)
 
@@ -552,30 +562,51 @@ def _group_labels(tables: StoreTables, by_category: bool) -> list[tuple[str, str
 
 
 def _one_group(
-    tables: StoreTables, score: np.ndarray, inv: np.ndarray, extracted: np.ndarray,
-    mask: np.ndarray, levels: Levels, config: DecayConfig, benchmark: str, category: str | None,
+    tables: StoreTables,
+    score: np.ndarray,
+    inv: np.ndarray,
+    extracted: np.ndarray,
+    mask: np.ndarray,
+    levels: Levels,
+    config: DecayConfig,
+    benchmark: str,
+    category: str | None,
 ) -> GroupResult:
     """Return the GroupResult of the examples selected by ``mask`` [n]."""
     idx = np.flatnonzero(mask)
     # Within a category the chance level is that category's own majority answer: it is what a
     # prior-only model reaches on those items (e.g. always "yes" on presence questions).
     ex = derive_per_example(
-        [tables.gold[i] for i in idx], [tables.options[i] for i in idx],
-        score[idx], inv[idx], extracted[idx], levels, config,
+        [tables.gold[i] for i in idx],
+        [tables.options[i] for i in idx],
+        score[idx],
+        inv[idx],
+        extracted[idx],
+        levels,
+        config,
     )
     values = group_statistics(ex, levels)
     key = benchmark if category is None else f"{benchmark}/{category}"
-    bounds = bootstrap_intervals(ex, levels, n_boot=config.n_boot, seed=config.seed, key=key,
-                                 ci=config.ci)
+    bounds = bootstrap_intervals(
+        ex, levels, n_boot=config.n_boot, seed=config.seed, key=key, ci=config.ci
+    )
     return GroupResult(
-        benchmark=benchmark, category=category, n=len(idx), values=values,
-        low={k: v[0] for k, v in bounds.items()}, high={k: v[1] for k, v in bounds.items()},
+        benchmark=benchmark,
+        category=category,
+        n=len(idx),
+        values=values,
+        low={k: v[0] for k, v in bounds.items()},
+        high={k: v[1] for k, v in bounds.items()},
     )
 
 
 def _per_example_table(
-    tables: StoreTables, score: np.ndarray, inv: np.ndarray, extracted: np.ndarray,
-    levels: Levels, config: DecayConfig,
+    tables: StoreTables,
+    score: np.ndarray,
+    inv: np.ndarray,
+    extracted: np.ndarray,
+    levels: Levels,
+    config: DecayConfig,
 ) -> dict[str, np.ndarray]:
     """Return per-example columns: id, benchmark, category, flip level, blind, strict, clean."""
     correct = correct_at_threshold(score, config.correct_at)

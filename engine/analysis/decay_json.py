@@ -48,12 +48,19 @@ def group_to_json(group: GroupResult, names: tuple[str, ...], ladder: tuple[str,
     for name in PER_CONDITION:
         v, lo, hi = group.values[name], group.low[name], group.high[name]
         metrics[name] = {c: _estimate(v[i], lo[i], hi[i]) for i, c in enumerate(names)}
-    v, lo, hi = (group.values["flip_distribution"], group.low["flip_distribution"],
-                 group.high["flip_distribution"])
+    v, lo, hi = (
+        group.values["flip_distribution"],
+        group.low["flip_distribution"],
+        group.high["flip_distribution"],
+    )
     labels = ("never", *ladder[1:])
     metrics["flip_distribution"] = {c: _estimate(v[i], lo[i], hi[i]) for i, c in enumerate(labels)}
-    return {"benchmark": group.benchmark, "category": group.category, "n": group.n,
-            "metrics": metrics}
+    return {
+        "benchmark": group.benchmark,
+        "category": group.category,
+        "n": group.n,
+        "metrics": metrics,
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -69,9 +76,7 @@ def decay_to_json(result: DecayResult) -> dict[str, Any]:
     names, ladder = lv.names, lv.ladder_names
     columns = list(result.examples)
     n = len(result.examples.get("id", ()))
-    examples = [
-        {c: _plain(result.examples[c][i]) for c in columns} for i in range(n)
-    ]
+    examples = [{c: _plain(result.examples[c][i]) for c in columns} for i in range(n)]
     return {
         "store": str(result.store),
         "config": result.config.to_json(),

@@ -49,8 +49,13 @@ class GroundedConfig:
 
 
 def parse_grounded_config(
-    *, clean_at: float = 0.5, wrong_below: float = 0.5, severe: str | None = None,
-    require_severe: bool = True, require_total: bool = True, dataset: str | Path | None = None,
+    *,
+    clean_at: float = 0.5,
+    wrong_below: float = 0.5,
+    severe: str | None = None,
+    require_severe: bool = True,
+    require_total: bool = True,
+    dataset: str | Path | None = None,
 ) -> GroundedConfig:
     """Return a validated GroundedConfig; raise UsageError naming the bad argument."""
     for name, value in (("--clean-at", clean_at), ("--wrong-below", wrong_below)):
@@ -61,8 +66,14 @@ def parse_grounded_config(
             "Expected at least one of severe and total obfuscation to be required. Got neither. "
             "Drop --no-severe or --no-total."
         )
-    return GroundedConfig(clean_at, wrong_below, severe, require_severe, require_total,
-                          None if dataset is None else Path(dataset))
+    return GroundedConfig(
+        clean_at,
+        wrong_below,
+        severe,
+        require_severe,
+        require_total,
+        None if dataset is None else Path(dataset),
+    )
 
 
 @dataclass(frozen=True)
@@ -76,9 +87,7 @@ class ExportResult:
     inlined_images: int
 
 
-def grounded_mask(
-    score: np.ndarray, tables: StoreTables, config: GroundedConfig
-) -> np.ndarray:
+def grounded_mask(score: np.ndarray, tables: StoreTables, config: GroundedConfig) -> np.ndarray:
     """Return which committed examples are grounded. score [n, C] -> [n] bool."""
     levels = resolve_levels(tables.conditions, config.severe)
     keep = score[:, levels.clean] >= config.clean_at
@@ -97,8 +106,9 @@ def grounded_mask(
     return keep
 
 
-def export_grounded(store: str | Path, out: str | Path, config: GroundedConfig | None = None
-                    ) -> ExportResult:
+def export_grounded(
+    store: str | Path, out: str | Path, config: GroundedConfig | None = None
+) -> ExportResult:
     """Return what was written after exporting the grounded items of ``store`` to ``out``."""
     config = config or GroundedConfig()
     tables = read_tables(store)
@@ -114,8 +124,12 @@ def export_grounded(store: str | Path, out: str | Path, config: GroundedConfig |
         )
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    writers = {"tsv": _export_tsv, "parquet": _export_parquet, "jsonl": _export_jsonl,
-               "json": _export_json}
+    writers = {
+        "tsv": _export_tsv,
+        "parquet": _export_parquet,
+        "jsonl": _export_jsonl,
+        "json": _export_json,
+    }
     inlined = writers[fmt](source, sorted(int(r) for r in rows), out_path)
     ids = tuple(tables.ids[i] for i in np.flatnonzero(mask))
     return ExportResult(out_path, fmt, ids, tables.n, inlined)
@@ -155,8 +169,13 @@ def _format_key(path: Path, recorded: str) -> str:
     if path.suffix.lower() in by_suffix:
         return by_suffix[path.suffix.lower()]
     lowered = recorded.lower()
-    for key, fmt in (("tsv", "tsv"), ("vlmevalkit", "tsv"), ("parquet", "parquet"),
-                     ("jsonl", "jsonl"), ("llava", "jsonl")):
+    for key, fmt in (
+        ("tsv", "tsv"),
+        ("vlmevalkit", "tsv"),
+        ("parquet", "parquet"),
+        ("jsonl", "jsonl"),
+        ("llava", "jsonl"),
+    ):
         if key in lowered:
             return fmt
     raise StoreError(
@@ -243,14 +262,16 @@ def _export_parquet(source: Path, rows: Sequence[int], out: Path) -> int:
 def _export_jsonl(source: Path, rows: Sequence[int], out: Path) -> int:
     """Write the selected non-empty lines of a JSONL file byte for byte."""
     lines = [ln for ln in source.read_bytes().splitlines(keepends=True) if ln.strip()]
-    out.write_bytes(b"".join(ln if ln.endswith(b"\n") else ln + b"\n" for ln in
-                             (lines[r] for r in rows)))
+    out.write_bytes(
+        b"".join(ln if ln.endswith(b"\n") else ln + b"\n" for ln in (lines[r] for r in rows))
+    )
     return 0
 
 
 def _export_json(source: Path, rows: Sequence[int], out: Path) -> int:
     """Write the selected elements of a JSON array file."""
     items = json.loads(source.read_text(encoding="utf-8"))
-    out.write_text(json.dumps([items[r] for r in rows], indent=2, ensure_ascii=False) + "\n",
-                   encoding="utf-8")
+    out.write_text(
+        json.dumps([items[r] for r in rows], indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     return 0

@@ -88,8 +88,16 @@ class HFAdapter(VLMAdapter):
         return AutoModelForImageTextToText
 
     @classmethod
-    def load(cls, path: str, *, device: str, dtype: Any, attn_implementation: str,
-             trust_remote_code: bool, local_files_only: bool) -> HFAdapter:
+    def load(
+        cls,
+        path: str,
+        *,
+        device: str,
+        dtype: Any,
+        attn_implementation: str,
+        trust_remote_code: bool,
+        local_files_only: bool,
+    ) -> HFAdapter:
         """Return the adapter for a checkpoint folder or a name in the Hugging Face cache."""
         common = dict(trust_remote_code=trust_remote_code, local_files_only=local_files_only)
         processor = cls.processor_class().from_pretrained(path, **common)
@@ -99,10 +107,21 @@ class HFAdapter(VLMAdapter):
                 f"{type(processor).__name__} instead. Check preprocessor_config.json and "
                 "processor_config.json in the checkpoint folder."
             )
-        model = cls.model_class().from_pretrained(
-            path, dtype=dtype if dtype is not None else "auto",
-            attn_implementation=attn_implementation, **common,
-        )
+        from transformers.utils import logging as hf_logging
+
+        # The per-tensor "Loading weights" bar is noise next to priorscope's own progress.
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = cls.model_class().from_pretrained(
+                path,
+                dtype=dtype if dtype is not None else "auto",
+                attn_implementation=attn_implementation,
+                **common,
+            )
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
         model.to(device).eval()
         return cls(model, processor, path)
 
@@ -180,9 +199,9 @@ class HFAdapter(VLMAdapter):
                 f"Expected a chat template for {self.name_or_path}. Got none in the checkpoint and "
                 f"no default for family {self.family!r}. Add chat_template.jinja to the folder."
             )
-        return str(self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        ))
+        return str(
+            self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        )
 
     def build_prompt(self, example: Example, *, with_image: bool = True) -> str:
         return self._render(user_text(example), with_image)
@@ -225,7 +244,9 @@ class HFAdapter(VLMAdapter):
                 head, tail = rendered.split(_MARK, 1)
                 if with_image:
                     head = head.split(self.processor.image_token)[-1]
-                layout[f"head{int(with_image)}"] = len(tok(head, add_special_tokens=False).input_ids)
+                layout[f"head{int(with_image)}"] = len(
+                    tok(head, add_special_tokens=False).input_ids
+                )
                 layout["tails"] = [
                     tok("\n" + instr + tail, add_special_tokens=False).input_ids
                     for instr in (MC_INSTRUCTION, OPEN_INSTRUCTION)
@@ -263,7 +284,7 @@ class HFAdapter(VLMAdapter):
             else:
                 start = first + layout["bos"] + layout["head0"]
             for tail in layout["tails"]:
-                if len(tail) <= end - start and row_ids[end - len(tail):end] == tail:
+                if len(tail) <= end - start and row_ids[end - len(tail) : end] == tail:
                     end -= len(tail)
                     break
             for i in range(start, end):
@@ -284,7 +305,9 @@ class HFAdapter(VLMAdapter):
             else:
                 alone = tok(cand, add_special_tokens=False).input_ids
                 if not alone:
-                    raise ModelError(f"Expected candidate {cand!r} to tokenize to at least one token.")
+                    raise ModelError(
+                        f"Expected candidate {cand!r} to tokenize to at least one token."
+                    )
                 out.append(int(alone[0]))
         return out
 
@@ -299,10 +322,12 @@ class HFAdapter(VLMAdapter):
 
         with torch.no_grad():
             out = self.model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=False,
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        new = out[:, batch["input_ids"].shape[1]:]
+        new = out[:, batch["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [t.strip() for t in texts]
 

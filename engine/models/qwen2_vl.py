@@ -21,8 +21,13 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 QWEN_SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 )
 
 
@@ -33,10 +38,20 @@ def _image_only(base: type) -> type:
     ``from_pretrained`` fails or (through AutoProcessor) silently returns only the tokenizer.
     """
 
-    def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None,
-                 chat_template: Any = None, **kwargs: Any) -> None:
-        base.__init__(self, image_processor=image_processor, tokenizer=tokenizer,  # type: ignore[misc]
-                      chat_template=chat_template, **kwargs)
+    def __init__(
+        self: Any,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        chat_template: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        base.__init__(
+            self,
+            image_processor=image_processor,
+            tokenizer=tokenizer,  # type: ignore[misc]
+            chat_template=chat_template,
+            **kwargs,
+        )
 
     name = f"Priorscope{base.__name__}"
     return type(name, (base,), {"__init__": __init__, "__module__": __name__})

@@ -35,7 +35,7 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 def resolve_path(name_or_path: str) -> tuple[str, bool]:
     """Return (folder or hub name, local_files_only) for a builtin name, folder or cache name."""
     if name_or_path.startswith(BUILTIN_PREFIX):
-        name = name_or_path[len(BUILTIN_PREFIX):]
+        name = name_or_path[len(BUILTIN_PREFIX) :]
         if name not in BUILTINS:
             raise did_you_mean(name, tuple(BUILTINS), "built-in model")
         folder = BUILTINS[name]
@@ -108,8 +108,12 @@ def load_model(
     family = detect_family(folder, local_files_only=local_only)
     cls = adapter_class(family)
     return cls.load(
-        folder, device=device, dtype=_parse_dtype(dtype), attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code, local_files_only=local_only,
+        folder,
+        device=device,
+        dtype=_parse_dtype(dtype),
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        local_files_only=local_only,
     )
 
 
@@ -119,8 +123,14 @@ def _parse_dtype(dtype: Any) -> Any:
         return dtype
     import torch
 
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-             "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "float16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "fp32": torch.float32,
+        "fp16": torch.float16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in names:
         raise did_you_mean(dtype, tuple(names), "dtype")
     return names[dtype]

@@ -33,8 +33,12 @@ def _synth_words() -> tuple[str, ...]:
 
 def _text_kwargs(vocab_size: int) -> dict[str, Any]:
     return dict(
-        vocab_size=vocab_size, hidden_size=D_MODEL, intermediate_size=128,
-        num_hidden_layers=NUM_LAYERS, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=vocab_size,
+        hidden_size=D_MODEL,
+        intermediate_size=128,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
         max_position_embeddings=1024,
     )
 
@@ -42,7 +46,10 @@ def _text_kwargs(vocab_size: int) -> dict[str, Any]:
 def qwen_tokenizer(words: tuple[str, ...]) -> Any:
     """Return a word-level tokenizer with Qwen's chat and vision special tokens."""
     return make_tokenizer(
-        QWEN_SPECIAL_TOKENS, words, pad_token="<|endoftext|>", unk_token="<unk>",
+        QWEN_SPECIAL_TOKENS,
+        words,
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
         eos_token="<|im_end|>",
     )
 
@@ -50,16 +57,21 @@ def qwen_tokenizer(words: tuple[str, ...]) -> Any:
 def _qwen_token_ids(tok: Any) -> dict[str, Any]:
     ids = tok.convert_tokens_to_ids
     return dict(
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
     )
 
 
 def _qwen_text_config(tok: Any) -> dict[str, Any]:
     text = _text_kwargs(len(tok))
     # head_dim 16: the three M-RoPE sections (temporal, height, width) must sum to head_dim / 2.
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
-                               "mrope_section": [2, 3, 3]}
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [2, 3, 3],
+    }
     text.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
     return text
 
@@ -76,8 +88,15 @@ def _build_qwen2_5_vl(out: Path) -> tuple[Any, Any]:
     config = Qwen2_5_VLConfig(
         text_config=_qwen_text_config(tok),
         vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=D_MODEL,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=D_MODEL,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
             fullatt_block_indexes=[1],
         ),
         **_qwen_token_ids(tok),
@@ -101,8 +120,14 @@ def _build_qwen2_vl(out: Path) -> tuple[Any, Any]:
     config = Qwen2VLConfig(
         text_config=_qwen_text_config(tok),
         vision_config=dict(
-            depth=2, embed_dim=32, hidden_size=D_MODEL, mlp_ratio=2, num_heads=2,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+            depth=2,
+            embed_dim=32,
+            hidden_size=D_MODEL,
+            mlp_ratio=2,
+            num_heads=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
         ),
         **_qwen_token_ids(tok),
     )
@@ -115,23 +140,41 @@ def _build_qwen2_vl(out: Path) -> tuple[Any, Any]:
 
 def _llava_parts() -> tuple[Any, dict[str, Any], dict[str, Any]]:
     tok = make_tokenizer(
-        LLAVA_SPECIAL_TOKENS, _synth_words(), pad_token="<pad>", unk_token="<unk>",
-        eos_token="</s>", bos_token="<s>", add_bos=True,
+        LLAVA_SPECIAL_TOKENS,
+        _synth_words(),
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="</s>",
+        bos_token="<s>",
+        add_bos=True,
     )
     vision = dict(
-        model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=2, image_size=CLIP_SIZE, patch_size=14,
+        model_type="clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=CLIP_SIZE,
+        patch_size=14,
         projection_dim=32,
     )
-    text = dict(model_type="llama", **_text_kwargs(len(tok)), pad_token_id=tok.pad_token_id,
-                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    text = dict(
+        model_type="llama",
+        **_text_kwargs(len(tok)),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     return tok, vision, text
 
 
 def _llava_processor_kwargs(tok: Any) -> dict[str, Any]:
     return dict(
-        tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
     )
 
 
@@ -141,8 +184,11 @@ def _build_llava(out: Path) -> tuple[Any, Any]:
 
     tok, vision, text = _llava_parts()
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=(CLIP_SIZE // 14) ** 2, vision_feature_layer=-1,
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=(CLIP_SIZE // 14) ** 2,
+        vision_feature_layer=-1,
     )
     improc = CLIPImageProcessorPil(
         size={"shortest_edge": CLIP_SIZE}, crop_size={"height": CLIP_SIZE, "width": CLIP_SIZE}
@@ -164,12 +210,16 @@ def _build_llava_next(out: Path) -> tuple[Any, Any]:
     tok, vision, text = _llava_parts()
     pinpoints = [[CLIP_SIZE, CLIP_SIZE], [CLIP_SIZE, 2 * CLIP_SIZE], [2 * CLIP_SIZE, CLIP_SIZE]]
     config = LlavaNextConfig(
-        vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=pinpoints, image_seq_length=(CLIP_SIZE // 14) ** 2,
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        image_seq_length=(CLIP_SIZE // 14) ** 2,
         vision_feature_layer=-1,
     )
     improc = LlavaNextImageProcessorPil(
-        size={"shortest_edge": CLIP_SIZE}, crop_size={"height": CLIP_SIZE, "width": CLIP_SIZE},
+        size={"shortest_edge": CLIP_SIZE},
+        crop_size={"height": CLIP_SIZE, "width": CLIP_SIZE},
         image_grid_pinpoints=pinpoints,
     )
     processor = LlavaNextProcessor(image_processor=improc, **_llava_processor_kwargs(tok))

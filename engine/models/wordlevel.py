@@ -14,10 +14,43 @@ from typing import Any
 
 # Words of the prompt boilerplate that every family's template and instruction uses.
 PROMPT_WORDS: tuple[str, ...] = (
-    "answer", "the", "question", "using", "a", "single", "word", "or", "phrase", "with",
-    "option", "s", "letter", "from", "given", "choices", "directly", "hint", "user",
-    "assistant", "system", "you", "are", "helpful", "image", "USER", "ASSISTANT", "Answer",
-    "Hint", "Question", "options", "Options", "is", "there", "what", "how", "many",
+    "answer",
+    "the",
+    "question",
+    "using",
+    "a",
+    "single",
+    "word",
+    "or",
+    "phrase",
+    "with",
+    "option",
+    "s",
+    "letter",
+    "from",
+    "given",
+    "choices",
+    "directly",
+    "hint",
+    "user",
+    "assistant",
+    "system",
+    "you",
+    "are",
+    "helpful",
+    "image",
+    "USER",
+    "ASSISTANT",
+    "Answer",
+    "Hint",
+    "Question",
+    "options",
+    "Options",
+    "is",
+    "there",
+    "what",
+    "how",
+    "many",
 )
 PUNCTUATION: tuple[str, ...] = tuple(string.punctuation)
 LETTERS: tuple[str, ...] = tuple(string.ascii_uppercase) + tuple(string.ascii_lowercase)
@@ -70,7 +103,8 @@ def make_tokenizer(
     if add_bos and bos_token is not None:
         # LLaMA-style tokenizers prepend BOS; the LLaVA tiny models mimic that.
         backend.post_processor = processors.TemplateProcessing(
-            single=f"{bos_token} $A", pair=f"{bos_token} $A $B",
+            single=f"{bos_token} $A",
+            pair=f"{bos_token} $A $B",
             special_tokens=[(bos_token, vocab[bos_token])],
         )
     kwargs: dict[str, Any] = dict(

@@ -22,8 +22,10 @@ from priorscope.engine.report.strips import build_strips, pick_rows
 from priorscope.engine.store import schema
 
 # Later analyses and the store groups their results will live in.
-LATER_ANALYSES = {"Probes: where is the answer decodable?": ("probes",),
-                  "Layer replacement: where is the visual evidence lost?": ("patch", "patching")}
+LATER_ANALYSES = {
+    "Probes: where is the answer decodable?": ("probes",),
+    "Layer replacement: where is the visual evidence lost?": ("patch", "patching"),
+}
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,7 @@ class ReportConfig:
     findings: tuple[str, ...] = ()  # sentences prepended to the generated findings
 
 
-def parse_report_config(*, n_flipped: int = 3, n_invariant: int = 3, **kwargs: Any
-                        ) -> ReportConfig:
+def parse_report_config(*, n_flipped: int = 3, n_invariant: int = 3, **kwargs: Any) -> ReportConfig:
     """Return a validated ReportConfig; raise UsageError naming the bad argument."""
     for name, value in (("--flipped", n_flipped), ("--invariant", n_invariant)):
         if not 0 <= value <= 50:
@@ -72,9 +73,12 @@ def finding(g: GroupResult, total_name: str | None) -> str:
         total_acc = float(v["accuracy_all"]) - float(v["visual_gain"])
         parts.append(f"{pct(total_acc)} correct under {total_name} (chance {pct(v['chance'])})")
     parts.append(f"{pct(v['blind_answerable'])} blind-answerable")
-    parts.append(f"accuracy on items that need the image {pct(v['accuracy_not_blind'])}, "
-                 f"inflation {100 * float(v['inflation']):+.0f} points"
-                 if math.isfinite(float(v["inflation"])) else "every item is blind-answerable")
+    parts.append(
+        f"accuracy on items that need the image {pct(v['accuracy_not_blind'])}, "
+        f"inflation {100 * float(v['inflation']):+.0f} points"
+        if math.isfinite(float(v["inflation"]))
+        else "every item is blind-answerable"
+    )
     return "; ".join(parts) + "."
 
 
@@ -86,8 +90,9 @@ def _dataset_path(tables: StoreTables, config: ReportConfig) -> Path | None:
     return Path(files[0]) if len(files) == 1 else None
 
 
-def write_report(store: str | Path, out: str | Path, config: ReportConfig | None = None
-                 ) -> ReportResult:
+def write_report(
+    store: str | Path, out: str | Path, config: ReportConfig | None = None
+) -> ReportResult:
     """Return the written files after rendering the report of ``store`` to ``out`` (.html)."""
     config = config or ReportConfig()
     out = Path(out)
@@ -98,12 +103,15 @@ def write_report(store: str | Path, out: str | Path, config: ReportConfig | None
     answers = read_array(group, schema.OUT_ANSWER, tables.rows)
     scores = read_array(group, schema.OUT_SCORE, tables.rows)
     picks = pick_rows(result, config.n_flipped, config.n_invariant, config.seed)
-    items, note = build_strips(result, tables, answers, scores, picks,
-                               _dataset_path(tables, config))
+    items, note = build_strips(
+        result, tables, answers, scores, picks, _dataset_path(tables, config)
+    )
 
-    pngs = {"accuracy": curve_png(result, "accuracy", "accuracy"),
-            "invariance": curve_png(result, "invariance", "answer equals clean answer"),
-            "flips": flip_png(result)}
+    pngs = {
+        "accuracy": curve_png(result, "accuracy", "accuracy"),
+        "invariance": curve_png(result, "invariance", "answer equals clean answer"),
+        "flips": flip_png(result),
+    }
     png_paths = []
     for name, data in pngs.items():
         p = out.with_name(f"{out.stem}_{name}.png")
@@ -117,42 +125,65 @@ def write_report(store: str | Path, out: str | Path, config: ReportConfig | None
     html = _render(result, tables, config, b64, items, note, findings, present)
     out.write_text(html, encoding="utf-8")
 
-    doc = {"decay": result.to_json(), "provenance": H.json_safe(tables.attrs),
-           "findings": list(findings), "later_analyses": present,
-           "strips": [H.json_safe({k: getattr(it, k) for k in
-                                   ("kind", "id", "question", "gold", "flip_level", "answers",
-                                    "scores")}) for it in items],
-           "files": {"html": out.name, "png": [p.name for p in png_paths]}}
+    doc = {
+        "decay": result.to_json(),
+        "provenance": H.json_safe(tables.attrs),
+        "findings": list(findings),
+        "later_analyses": present,
+        "strips": [
+            H.json_safe(
+                {
+                    k: getattr(it, k)
+                    for k in ("kind", "id", "question", "gold", "flip_level", "answers", "scores")
+                }
+            )
+            for it in items
+        ],
+        "files": {"html": out.name, "png": [p.name for p in png_paths]},
+    }
     json_path = out.with_suffix(".json")
     json_path.write_text(json.dumps(doc, indent=1, allow_nan=False), encoding="utf-8")
     return ReportResult(out, tuple(png_paths), json_path, result, tuple(findings))
 
 
 def _render(
-    result: DecayResult, tables: StoreTables, config: ReportConfig, b64: dict[str, str],
-    items: list, note: str, findings: tuple[str, ...], present: dict[str, bool],
+    result: DecayResult,
+    tables: StoreTables,
+    config: ReportConfig,
+    b64: dict[str, str],
+    items: list,
+    note: str,
+    findings: tuple[str, ...],
+    present: dict[str, bool],
 ) -> str:
     """Return the report's HTML."""
     lv = result.levels
     severe = "—" if lv.severe is None else lv.names[lv.severe]
-    extra = {"store": str(result.store), "committed examples": tables.n,
-             "uncommitted examples (left out)": tables.n_uncommitted,
-             "conditions": ", ".join(lv.names), "severe level": severe,
-             "decay settings": json.dumps(config.decay.to_json())}
+    extra = {
+        "store": str(result.store),
+        "committed examples": tables.n,
+        "uncommitted examples (left out)": tables.n_uncommitted,
+        "conditions": ", ".join(lv.names),
+        "severe level": severe,
+        "decay settings": json.dumps(config.decay.to_json()),
+    }
     text = "".join(f"<p class=finding>{H.escape(f)}</p>" for f in findings)
     strips = H.strip_html(items, lv.names) if items else "<p>No items to show.</p>"
     if note:
         strips = f"<p class=muted>{H.escape(note)}</p>" + strips
     sections = [
         ("Findings", text),
-        ("Decay curves",
-         H.figure(b64["accuracy"], "Accuracy at each level, 95% bootstrap bands")
-         + H.figure(b64["invariance"], "Share of answers equal to the clean answer, 95% bands")
-         + H.figure(b64["flips"], "Where answers first change")),
-        ("Metrics", H.summary_table(result)
-         + "".join(H.level_table(result, g) for g in result.groups)),
+        (
+            "Decay curves",
+            H.figure(b64["accuracy"], "Accuracy at each level, 95% bootstrap bands")
+            + H.figure(b64["invariance"], "Share of answers equal to the clean answer, 95% bands")
+            + H.figure(b64["flips"], "Where answers first change"),
+        ),
+        (
+            "Metrics",
+            H.summary_table(result) + "".join(H.level_table(result, g) for g in result.groups),
+        ),
         ("Example items at every level", strips),
         ("Provenance", H.provenance(tables.attrs, extra)),
     ]
-    return H.page(config.title, sections).replace(
-        "</body>", H.later_analyses(present) + "</body>")
+    return H.page(config.title, sections).replace("</body>", H.later_analyses(present) + "</body>")

@@ -69,12 +69,17 @@ def summary_table(result: DecayResult) -> str:
                 cells.append("—" if total is None else _cell(g, "accuracy", total))
             else:
                 cells.append(_cell(g, name))
-        rows.append(f"<tr><td class=l>{escape(g.key)}</td><td>{g.n}</td>"
-                    + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return (f"<div class=wide><table><tr><th class=l>group</th><th>n</th>{head}</tr>"
-            f"{''.join(rows)}</table></div>"
-            "<p class=muted>Percent, with the 95% bootstrap interval in brackets. "
-            "Definitions: <code>priorscope.engine.analysis.decay</code>.</p>")
+        rows.append(
+            f"<tr><td class=l>{escape(g.key)}</td><td>{g.n}</td>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>"
+        )
+    return (
+        f"<div class=wide><table><tr><th class=l>group</th><th>n</th>{head}</tr>"
+        f"{''.join(rows)}</table></div>"
+        "<p class=muted>Percent, with the 95% bootstrap interval in brackets. "
+        "Definitions: <code>priorscope.engine.analysis.decay</code>.</p>"
+    )
 
 
 def level_table(result: DecayResult, g: GroupResult) -> str:
@@ -82,20 +87,30 @@ def level_table(result: DecayResult, g: GroupResult) -> str:
     names = result.levels.names
     rows = []
     for c, name in enumerate(names):
-        cells = [_cell(g, m, c) for m in
-                 ("accuracy", "invariance", "became_correct", "extraction_failure")]
-        rows.append(f"<tr><td class=l>{escape(name)}</td>"
-                    + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+        cells = [
+            _cell(g, m, c)
+            for m in ("accuracy", "invariance", "became_correct", "extraction_failure")
+        ]
+        rows.append(
+            f"<tr><td class=l>{escape(name)}</td>"
+            + "".join(f"<td>{x}</td>" for x in cells)
+            + "</tr>"
+        )
     flips = g.values["flip_distribution"]
     labels = ("never", *result.levels.ladder_names[1:])
     flip_cells = "".join(
         f"<td>{escape(lab)}: {ci_cell(float(flips[i]), float(g.low['flip_distribution'][i]), float(g.high['flip_distribution'][i]))}</td>"
-        for i, lab in enumerate(labels))
-    return (f"<details><summary>{escape(g.key)} (n={g.n}): per condition</summary><table>"
-            "<tr><th class=l>condition</th><th>accuracy</th><th>invariance to clean</th>"
-            "<th>became correct</th><th>no answer extracted</th></tr>"
-            + "".join(rows) + "</table><table><tr><th class=l>first flip at</th>"
-            + flip_cells + "</tr></table></details>")
+        for i, lab in enumerate(labels)
+    )
+    return (
+        f"<details><summary>{escape(g.key)} (n={g.n}): per condition</summary><table>"
+        "<tr><th class=l>condition</th><th>accuracy</th><th>invariance to clean</th>"
+        "<th>became correct</th><th>no answer extracted</th></tr>"
+        + "".join(rows)
+        + "</table><table><tr><th class=l>first flip at</th>"
+        + flip_cells
+        + "</tr></table></details>"
+    )
 
 
 def provenance(attrs: dict[str, Any], extra: dict[str, Any]) -> str:
@@ -121,14 +136,24 @@ def strip_html(items: list[StripItem], names: tuple[str, ...]) -> str:
         tiles = []
         for c, name in enumerate(names):
             mark = "ok" if it.scores[c] >= 0.5 else "bad"
-            img = (f'<img alt="{escape(it.id)} {escape(name)}" '
-                   f'src="data:image/png;base64,{it.tiles[c]}">') if it.tiles[c] else ""
-            tiles.append(f"<div class=tile>{img}{escape(name)}<br>"
-                         f"<span class={mark}>{escape(it.answers[c] or '∅')}</span></div>")
+            img = (
+                (
+                    f'<img alt="{escape(it.id)} {escape(name)}" '
+                    f'src="data:image/png;base64,{it.tiles[c]}">'
+                )
+                if it.tiles[c]
+                else ""
+            )
+            tiles.append(
+                f"<div class=tile>{img}{escape(name)}<br>"
+                f"<span class={mark}>{escape(it.answers[c] or '∅')}</span></div>"
+            )
         flip = f"first flip at {escape(it.flip_level)}" if it.flip_level else "never flips"
-        out.append(f"<p><b>{escape(it.kind)}</b> · <code>{escape(it.id)}</code> · "
-                   f"{escape(it.question)} · gold: {escape(', '.join(it.gold))} · {flip}</p>"
-                   f"<div class=strip>{''.join(tiles)}</div>")
+        out.append(
+            f"<p><b>{escape(it.kind)}</b> · <code>{escape(it.id)}</code> · "
+            f"{escape(it.question)} · gold: {escape(', '.join(it.gold))} · {flip}</p>"
+            f"<div class=strip>{''.join(tiles)}</div>"
+        )
     return "".join(out)
 
 
@@ -136,27 +161,34 @@ def later_analyses(present: dict[str, bool]) -> str:
     """Return one section per later analysis, saying 'not computed' until the store has it."""
     out = []
     for title, ok in present.items():
-        body = ("<p>Present in the store; this version of the report lists it but does not "
-                "draw it yet.</p>" if ok else
-                "<p class=notcomputed><b>Not computed.</b> The store holds no results of this "
-                "analysis yet.</p>")
+        body = (
+            "<p>Present in the store; this version of the report lists it but does not "
+            "draw it yet.</p>"
+            if ok
+            else "<p class=notcomputed><b>Not computed.</b> The store holds no results of this "
+            "analysis yet.</p>"
+        )
         out.append(f"<h2>{escape(title)}</h2>{body}")
     return "".join(out)
 
 
 def figure(png_b64: str, caption: str) -> str:
     """Return an embedded PNG figure with its caption."""
-    return (f'<figure><img alt="{escape(caption)}" src="data:image/png;base64,{png_b64}">'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{escape(caption)}" src="data:image/png;base64,{png_b64}">'
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
 
 
 def page(title: str, sections: list[tuple[str, str]]) -> str:
     """Return the whole HTML document from (heading, inner html) sections."""
     body = "".join((f"<h2>{escape(h)}</h2>" if h else "") + inner for h, inner in sections)
-    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'>"
-            f"<title>{escape(title)}</title><style>{CSS}</style></head>"
-            f"<body><h1>{escape(title)}</h1>{body}</body></html>")
+    return (
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+        f"<body><h1>{escape(title)}</h1>{body}</body></html>"
+    )
 
 
 def json_safe(obj: Any) -> Any:

@@ -66,10 +66,20 @@ def flip_png(result: DecayResult) -> bytes:
     x = np.arange(len(labels))
     for j, g in enumerate(groups):
         v = np.asarray(g.values["flip_distribution"])
-        err = np.stack([v - np.asarray(g.low["flip_distribution"]),
-                        np.asarray(g.high["flip_distribution"]) - v])
-        ax.bar(x + j * width - 0.4 + width / 2, v, width, yerr=np.clip(err, 0, None),
-               label=g.key, capsize=2)
+        err = np.stack(
+            [
+                v - np.asarray(g.low["flip_distribution"]),
+                np.asarray(g.high["flip_distribution"]) - v,
+            ]
+        )
+        ax.bar(
+            x + j * width - 0.4 + width / 2,
+            v,
+            width,
+            yerr=np.clip(err, 0, None),
+            label=g.key,
+            capsize=2,
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=30, ha="right")
     ax.set_ylabel("share of items")

@@ -39,8 +39,9 @@ class StripItem:
     tiles: tuple[str, ...]  # [C] base64 PNG tiles ("" when the image could not be made)
 
 
-def pick_rows(result: DecayResult, n_flipped: int, n_invariant: int, seed: int
-              ) -> list[tuple[str, int]]:
+def pick_rows(
+    result: DecayResult, n_flipped: int, n_invariant: int, seed: int
+) -> list[tuple[str, int]]:
     """Return (kind, index into the committed examples) of the items to show.
 
     Flipped items prefer those right on clean (the image was used, then lost); invariant items
@@ -103,8 +104,12 @@ def load_images(dataset: Path, rows: list[int], ids: list[str]) -> dict[int, Ima
 
 
 def build_strips(
-    result: DecayResult, tables: StoreTables, answers: np.ndarray, scores: np.ndarray,
-    picks: list[tuple[str, int]], dataset: Path | None,
+    result: DecayResult,
+    tables: StoreTables,
+    answers: np.ndarray,
+    scores: np.ndarray,
+    picks: list[tuple[str, int]],
+    dataset: Path | None,
 ) -> tuple[list[StripItem], str]:
     """Return the strip items and a note ('' when every image was re-created).
 
@@ -130,14 +135,23 @@ def build_strips(
         tiles = [""] * len(conds)
         if row in images:
             ladder = blur_ladder_images([images[row]], sigmas)[0].cpu().numpy()
-            tiles = [blank if not c.has_image else _tile(ladder[k].astype(np.uint8))
-                     for k, c in enumerate(conds)]
+            tiles = [
+                blank if not c.has_image else _tile(ladder[k].astype(np.uint8))
+                for k, c in enumerate(conds)
+            ]
         elif not note:
             note = "some images could not be found in the dataset file"
         flip = result.examples["flip_level"][i]
-        items.append(StripItem(
-            kind=kind, id=tables.ids[i], question=tables.question[i], gold=tables.gold[i],
-            flip_level=flip, answers=tuple(str(a) for a in answers[i]),
-            scores=tuple(float(s) for s in scores[i]), tiles=tuple(tiles),
-        ))
+        items.append(
+            StripItem(
+                kind=kind,
+                id=tables.ids[i],
+                question=tables.question[i],
+                gold=tables.gold[i],
+                flip_level=flip,
+                answers=tuple(str(a) for a in answers[i]),
+                scores=tuple(float(s) for s in scores[i]),
+                tiles=tuple(tiles),
+            )
+        )
     return items, note
