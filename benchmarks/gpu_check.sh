@@ -14,6 +14,14 @@ STATUS=0
 # Section 0: environment. Use .venv when present; without an installed priorscope, expose the
 # top-level folders as priorscope.* through a throw-away shim package on PYTHONPATH.
 # ---------------------------------------------------------------------------------------------
+# The lent GPU image has torch, triton, cupy and transformers but no zarr/dask: a session prepares
+# wheels here into .whl/ (see the device tool's README: pip download --no-deps for zarr, numcodecs,
+# donfig, google-crc32c, crc32c, dask, distributed, typer, rich and what they need) and carries
+# .whl; they are installed into /tmp/site for this run only.
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi

@@ -45,10 +45,10 @@ def _image_only(base: type) -> type:
         chat_template: Any = None,
         **kwargs: Any,
     ) -> None:
-        base.__init__(
+        base.__init__(  # type: ignore[misc]
             self,
             image_processor=image_processor,
-            tokenizer=tokenizer,  # type: ignore[misc]
+            tokenizer=tokenizer,
             chat_template=chat_template,
             **kwargs,
         )
