@@ -39,8 +39,10 @@ def _table(metrics: dict[str, Any]) -> str:
 def _vision_text(cfg: dict[str, Any]) -> str:
     """Return the card's paragraph on how the vision tower was trained."""
     arch = cfg["arch"]
-    norm = ("  Pixels are normalised around the synth background grey\n"
-            f"  (`{arch['normalize']}`: mean 236/255, std 0.3) so that empty patches are near zero.")
+    norm = (
+        "  Pixels are normalised around the synth background grey\n"
+        f"  (`{arch['normalize']}`: mean 236/255, std 0.3) so that empty patches are near zero."
+    )
     if cfg.get("aux_weight", 0) > 0:
         return (
             f"- Vision tower: trained at {cfg['vision_lr_scale']} x the learning rate after "
@@ -65,9 +67,11 @@ def _vision_text(cfg: dict[str, Any]) -> str:
 
 def _command(cfg: dict[str, Any]) -> str:
     """Return the `priorscope organism train` command line that reproduces the checkpoint."""
-    line = (f"`priorscope organism train --out DIR --seed {cfg['seed']} --steps {cfg['steps']} "
-            f"--vision-freeze-steps {cfg['vision_freeze_steps']} "
-            f"--vision-lr-scale {cfg['vision_lr_scale']}`")
+    line = (
+        f"`priorscope organism train --out DIR --seed {cfg['seed']} --steps {cfg['steps']} "
+        f"--vision-freeze-steps {cfg['vision_freeze_steps']} "
+        f"--vision-lr-scale {cfg['vision_lr_scale']}`"
+    )
     if cfg.get("aux_weight", 0) > 0:
         line += f" (auxiliary loss weight {cfg['aux_weight']} is the `TrainConfig` default)"
     return line

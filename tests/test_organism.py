@@ -203,3 +203,29 @@ def test_cli_model_info_and_organism_eval(tmp_path: Path) -> None:
     }
     assert main(["organism", "eval", "--threads", "0"]) == 2
     assert main(["model", "info", "builtin:nope"]) == 2
+
+
+def test_scene_labels_agree_with_count_answers_and_blank_rows() -> None:
+    from priorscope.engine.data.synth import SHAPES
+    from priorscope.engine.models.organism.train import (
+        TrainConfig,
+        scene_labels,
+        training_examples,
+    )
+
+    cfg = TrainConfig(n_train=200, batch_size=8, uninformative_rate=0.3, seed=3)
+    examples, blank = training_examples(cfg)
+    labels = scene_labels(cfg, blank)
+    assert tuple(labels.shape) == (200, 2 * len(SHAPES))
+    checked = 0
+    for i, ex in enumerate(examples):
+        if blank[i]:
+            assert labels[i].abs().sum().item() == 0
+            continue
+        if ex.metadata.get("template") != "count":
+            continue
+        named = [s for s in SHAPES if f"{s}s" in ex.question.split() or s in ex.question.split()]
+        assert len(named) == 1, ex.question
+        assert labels[i, SHAPES.index(named[0])].item() == min(3, int(ex.answers[0]))
+        checked += 1
+    assert checked >= 10

@@ -72,7 +72,10 @@ def organism_tokenizer() -> Any:
     from priorscope.engine.data.synth import VOCABULARY
 
     return make_tokenizer(
-        QWEN_SPECIAL_TOKENS, VOCABULARY, pad_token="<|endoftext|>", unk_token="<unk>",
+        QWEN_SPECIAL_TOKENS,
+        VOCABULARY,
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
         eos_token="<|im_end|>",
     )
 
@@ -104,22 +107,36 @@ def organism_model(arch: OrganismArch, tokenizer: Any) -> Any:
     # M-RoPE splits head_dim / 2 frequencies over (temporal, height, width).
     section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=arch.d_model, intermediate_size=arch.ffn,
-        num_hidden_layers=arch.layers, num_attention_heads=arch.heads,
-        num_key_value_heads=arch.kv_heads, max_position_embeddings=512,
+        vocab_size=len(tokenizer),
+        hidden_size=arch.d_model,
+        intermediate_size=arch.ffn,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+        num_key_value_heads=arch.kv_heads,
+        max_position_embeddings=512,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
     vision = dict(
-        depth=arch.vision_depth, hidden_size=arch.vision_width,
-        intermediate_size=2 * arch.vision_width, num_heads=max(1, arch.vision_width // 32),
-        out_hidden_size=arch.d_model, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-        window_size=arch.image_size, fullatt_block_indexes=[arch.vision_depth - 1],
+        depth=arch.vision_depth,
+        hidden_size=arch.vision_width,
+        intermediate_size=2 * arch.vision_width,
+        num_heads=max(1, arch.vision_width // 32),
+        out_hidden_size=arch.d_model,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=arch.image_size,
+        fullatt_block_indexes=[arch.vision_depth - 1],
     )
     config = Qwen2_5_VLConfig(
-        text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
     )
     return Qwen2_5_VLForConditionalGeneration(config)

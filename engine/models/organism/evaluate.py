@@ -29,19 +29,22 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.n < 5 or self.batch_size < 1:
-            raise UsageError(f"Expected n >= 5 and batch_size >= 1. Got n={self.n}, "
-                             f"batch_size={self.batch_size}.")
+            raise UsageError(
+                f"Expected n >= 5 and batch_size >= 1. Got n={self.n}, "
+                f"batch_size={self.batch_size}."
+            )
 
 
-def predict(adapter: Any, examples: Sequence[Any], images: Sequence[Any],
-            batch_size: int = 64) -> list[str]:
+def predict(
+    adapter: Any, examples: Sequence[Any], images: Sequence[Any], batch_size: int = 64
+) -> list[str]:
     """Return the greedy first answer token (decoded) of each example under the given images."""
     import torch
 
     answers: list[str] = []
     for start in range(0, len(examples), batch_size):
-        part = examples[start:start + batch_size]
-        batch = adapter.encode(part, images[start:start + batch_size])
+        part = examples[start : start + batch_size]
+        batch = adapter.encode(part, images[start : start + batch_size])
         with torch.no_grad():
             logits = adapter.model(**batch, use_cache=False).logits[:, -1]
         ids = logits.argmax(-1).tolist()
@@ -95,8 +98,9 @@ def evaluate(adapter: Any, cfg: EvalConfig) -> dict[str, Any]:
     examples = generate(SynthConfig(n=cfg.n, seed=cfg.seed, size=size, prior_rate=cfg.prior_rate))
     images = [ex.image for ex in examples]
     clean = predict(adapter, examples, images, cfg.batch_size)
-    total = predict(adapter, examples, [uninformative_image(im, "mean") for im in images],
-                    cfg.batch_size)
+    total = predict(
+        adapter, examples, [uninformative_image(im, "mean") for im in images], cfg.batch_size
+    )
     result = summarize(examples, clean, total)
     result["eval"] = {"n": cfg.n, "seed": cfg.seed, "prior_rate": cfg.prior_rate, "size": size}
     return result
