@@ -12,16 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from priorscope.engine.analysis.answer_store import write_answer_store
-from priorscope.engine.analysis.export import (
-    export_grounded,
-    parse_grounded_config,
-    split_records,
-)
+from priorscope.engine.analysis.export import export_grounded, parse_grounded_config
 from priorscope.engine.conditions import build_conditions
+from priorscope.engine.data import load
 from priorscope.engine.errors import StoreError, UsageError
 
 CONDS = build_conditions((0.02, 0.08), total=True)  # clean, blur@0.02, blur@0.08, total
@@ -50,20 +45,23 @@ def _png_b64(seed: int) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _write_tsv(path, terminator: str = "\n") -> bytes:
+def _write_tsv(path, terminator: str = "\n") -> list[bytes]:
+    """Write the fixture TSV and return its records (header first), each as written."""
     rows = [["index", "image", "question", "A", "B", "answer", "category"]]
     for i in range(6):
         image = "101" if i == 3 else _png_b64(i)
         question = 'say "hi"\tthen\nleave?' if i == 5 else f"question {i}?"
         rows.append([str(100 + i), image, question, "yes", "no", "A", "c"])
-    buf = io.StringIO()
-    csv.writer(buf, delimiter="\t", lineterminator=terminator).writerows(rows)
-    data = buf.getvalue().encode()
-    path.write_bytes(data)
-    return data
+    records = []
+    for row in rows:
+        buf = io.StringIO()
+        csv.writer(buf, delimiter="\t", lineterminator=terminator).writerow(row)
+        records.append(buf.getvalue().encode())
+    path.write_bytes(b"".join(records))
+    return records
 
 
-def _store(tmp_path, dataset, fmt: str, n: int = 6, sha: str | None = None):
+def _store(tmp_path, dataset, fmt: str, n: int = 6, sha: str | None = None, rows=None):
     digest = sha or hashlib.sha256(dataset.read_bytes()).hexdigest()
     answer = np.where(SCORES[:n] > 0, "A", "B")
     return write_answer_store(
@@ -74,24 +72,24 @@ def _store(tmp_path, dataset, fmt: str, n: int = 6, sha: str | None = None):
         options=[("yes", "no")] * n,
         answer=answer,
         score=SCORES[:n],
-        source_row=list(range(n)),
+        source_row=list(range(n)) if rows is None else rows,
         attrs={"dataset": {"files": [str(dataset)], "sha256": [digest], "count": n, "format": fmt}},
     )
 
 
 @pytest.mark.parametrize("terminator", ["\n", "\r\n"])
 def test_tsv_rows_are_byte_identical_and_references_inlined(tmp_path, terminator) -> None:
-    data = _write_tsv(tmp_path / "bench.tsv", terminator)
+    records = _write_tsv(tmp_path / "bench.tsv", terminator)
     store = _store(tmp_path, tmp_path / "bench.tsv", "vlmevalkit")
     res = export_grounded(store, tmp_path / "out" / "grounded.tsv")
     assert res.selected_ids == ("100", "103", "105") and res.inlined_images == 1
-    records = split_records(data)
-    out = split_records(res.out.read_bytes())
-    assert len(out) == 4 and out[0] == records[0]
-    assert out[1] == records[1] and out[3] == records[6]  # byte for byte, quoted newline kept
-    inlined = next(csv.reader(io.StringIO(out[2].decode()), delimiter="\t"))
+    out = res.out.read_bytes()
+    head = records[0] + records[1]  # header and row 0, byte for byte
+    assert out.startswith(head) and out.endswith(records[6])  # quoted tab and newline kept
+    middle = out[len(head) : len(out) - len(records[6])]
+    assert middle.endswith(terminator.encode())
+    inlined = next(csv.reader(io.StringIO(middle.decode(), newline=""), delimiter="\t"))
     assert inlined[1] == _png_b64(1) and inlined[0] == "103"
-    assert out[2].endswith(terminator.encode())
 
 
 def test_thresholds_and_requirements_are_configurable(tmp_path) -> None:
@@ -145,26 +143,15 @@ def test_parquet_and_jsonl_keep_the_selected_rows(tmp_path) -> None:
     assert got.column("id").to_pylist() == [f"r{i}" for i in GROUNDED]
     assert got.schema.equals(table.schema)
 
-    lines = [json.dumps({"id": i, "q": f"q {i}"}) + "\n" for i in range(6)]
-    (tmp_path / "b.jsonl").write_text(lines[0] + "\n" + "".join(lines[1:]))  # a blank line
-    res = export_grounded(_store(tmp_path, tmp_path / "b.jsonl", "llava"), tmp_path / "g.jsonl")
-    assert res.out.read_text() == "".join(lines[i] for i in GROUNDED)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.lists(st.text(alphabet='ab"\t\n ', max_size=6), min_size=3, max_size=3),
-        min_size=1,
-        max_size=6,
-    ),
-    st.sampled_from(["\n", "\r\n"]),
-)
-def test_split_records_agrees_with_the_csv_module(rows, terminator) -> None:
-    buf = io.StringIO()
-    csv.writer(buf, delimiter="\t", lineterminator=terminator).writerows(rows)
-    records = split_records(buf.getvalue().encode())
-    parsed = [
-        next(csv.reader(io.StringIO(r.decode(), newline=""), delimiter="\t")) for r in records
+    lines = [
+        json.dumps({"question_id": i, "image": "p.png", "text": f"q {i}?", "answer": "a"}) + "\n"
+        for i in range(6)
     ]
-    assert parsed == rows
+    (tmp_path / "p.png").write_bytes(base64.b64decode(_png_b64(9)))
+    (tmp_path / "b.jsonl").write_text(lines[0] + "\n" + "".join(lines[1:]))  # a blank line
+    # Rows as the loader numbers them at capture (line numbers: the blank line counts).
+    rows = [e.source.row for e in load(tmp_path / "b.jsonl").examples]
+    assert rows == [0, 2, 3, 4, 5, 6]
+    store = _store(tmp_path, tmp_path / "b.jsonl", "llava", rows=rows)
+    res = export_grounded(store, tmp_path / "g.jsonl")
+    assert res.out.read_text() == "".join(lines[i] for i in GROUNDED)

@@ -9,7 +9,10 @@ written so that the tools a user already has can evaluate on it:
   row's ``index``) gets the referenced image inlined when that row is not exported too, because
   the reference would dangle otherwise; these rows are counted in the result.
 * Parquet: the selected rows taken from the input table (schema and metadata kept).
-* JSONL: the selected lines copied byte for byte; a JSON array: the selected elements.
+* JSONL: the selected lines copied byte for byte.
+
+The copying itself is the data layer's (priorscope.engine.data.export.export_source_rows), so
+rows are numbered exactly as the loaders numbered them when the store was captured.
 
 Rows are found through ``examples/source_row`` (0-based data row) and the dataset file recorded
 in the store's ``dataset`` attribute, whose sha256 is checked so that a changed file is refused.
@@ -17,12 +20,7 @@ in the store's ``dataset`` attribute, whose sha256 is checked so that a changed 
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +28,10 @@ import numpy as np
 
 from priorscope.engine.analysis.decay import resolve_levels
 from priorscope.engine.analysis.read import StoreTables, open_store, read_array, read_tables
+from priorscope.engine.data.export import export_source_rows
+from priorscope.engine.data.formats import detect_format, parse_format
 from priorscope.engine.errors import StoreError, UsageError
 from priorscope.engine.store import schema
-
-VLMEVALKIT_REF_MAX = 64  # VLMEvalKit treats an image cell this short as another row's index
 
 
 @dataclass(frozen=True)
@@ -124,13 +122,7 @@ def export_grounded(
         )
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    writers = {
-        "tsv": _export_tsv,
-        "parquet": _export_parquet,
-        "jsonl": _export_jsonl,
-        "json": _export_json,
-    }
-    inlined = writers[fmt](source, sorted(int(r) for r in rows), out_path)
+    inlined = export_source_rows(source, fmt, sorted(int(r) for r in rows), out_path)
     ids = tuple(tables.ids[i] for i in np.flatnonzero(mask))
     return ExportResult(out_path, fmt, ids, tables.n, inlined)
 
@@ -164,114 +156,8 @@ def _dataset_file(tables: StoreTables, config: GroundedConfig) -> tuple[Path, st
 
 
 def _format_key(path: Path, recorded: str) -> str:
-    """Return tsv | parquet | jsonl | json from the file's suffix or the recorded format."""
-    by_suffix = {".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "json"}
-    if path.suffix.lower() in by_suffix:
-        return by_suffix[path.suffix.lower()]
-    lowered = recorded.lower()
-    for key, fmt in (
-        ("tsv", "tsv"),
-        ("vlmevalkit", "tsv"),
-        ("parquet", "parquet"),
-        ("jsonl", "jsonl"),
-        ("llava", "jsonl"),
-    ):
-        if key in lowered:
-            return fmt
-    raise StoreError(
-        f"Expected a dataset file ending in .tsv, .parquet, .jsonl or .json. Got {path.name!r} "
-        f"(recorded format {recorded!r}). Export supports those formats only."
-    )
-
-
-def split_records(data: bytes) -> list[bytes]:
-    """Return the records of a delimited text file, each with its line terminator.
-
-    A newline inside double quotes belongs to the field (csv QUOTE_MINIMAL, what pandas writes);
-    empty lines are dropped, as readers of these files skip them.
-    """
-    records, start, in_quotes = [], 0, False
-    # Only quotes and newlines matter; scanning for them keeps a 100 MB file fast.
-    for match in re.finditer(rb'["\n]', data):
-        if match.group() == b'"':  # a doubled quote toggles twice, so escapes need no care
-            in_quotes = not in_quotes
-        elif not in_quotes:
-            records.append(data[start : match.end()])
-            start = match.end()
-    if start < len(data):
-        records.append(data[start:])
-    return [r for r in records if r.strip(b"\r\n")]
-
-
-def _fields(record: bytes) -> list[str]:
-    """Return the tab-separated fields of one record."""
-    return next(csv.reader(io.StringIO(record.decode("utf-8")), delimiter="\t"))
-
-
-def _export_tsv(source: Path, rows: Sequence[int], out: Path) -> int:
-    """Write the header and data ``rows`` of a TSV; return how many rows had images inlined."""
-    records = split_records(source.read_bytes())
-    header, data = records[0], records[1:]
-    bad = [r for r in rows if r >= len(data)]
-    if bad:
-        raise StoreError(
-            f"Expected source rows below {len(data)} (the data rows of {source.name}). Got "
-            f"{bad[:5]}. The store and the file disagree; export from the captured file."
-        )
-    names = _fields(header)
-    terminator = b"\r\n" if header.endswith(b"\r\n") else b"\n"
-    chosen = set(rows)
-    inlined = 0
-    parts = [header]
-    image_col = names.index("image") if "image" in names else None
-    index_col = names.index("index") if "index" in names else None
-    by_index: dict[str, int] | None = None
-    for r in rows:
-        record = data[r] if data[r].endswith(b"\n") else data[r] + terminator
-        if image_col is not None and index_col is not None:
-            cells = _fields(record)
-            ref = cells[image_col] if image_col < len(cells) else ""
-            if 0 < len(ref) <= VLMEVALKIT_REF_MAX:
-                by_index = by_index or {_fields(d)[index_col]: i for i, d in enumerate(data)}
-                target = by_index.get(ref)
-                if target is not None and target not in chosen:
-                    cells[image_col] = _fields(data[target])[image_col]
-                    record = _join(cells, terminator)
-                    inlined += 1
-        parts.append(record)
-    out.write_bytes(b"".join(parts))
-    return inlined
-
-
-def _join(cells: list[str], terminator: bytes) -> bytes:
-    """Return one TSV record with minimal quoting, as pandas writes it."""
-    buffer = io.StringIO()
-    csv.writer(buffer, delimiter="\t", lineterminator=terminator.decode()).writerow(cells)
-    return buffer.getvalue().encode("utf-8")
-
-
-def _export_parquet(source: Path, rows: Sequence[int], out: Path) -> int:
-    """Write the selected rows of a parquet table; nothing is ever inlined."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(source)
-    pq.write_table(table.take(list(rows)), out)
-    return 0
-
-
-def _export_jsonl(source: Path, rows: Sequence[int], out: Path) -> int:
-    """Write the selected non-empty lines of a JSONL file byte for byte."""
-    lines = [ln for ln in source.read_bytes().splitlines(keepends=True) if ln.strip()]
-    out.write_bytes(
-        b"".join(ln if ln.endswith(b"\n") else ln + b"\n" for ln in (lines[r] for r in rows))
-    )
-    return 0
-
-
-def _export_json(source: Path, rows: Sequence[int], out: Path) -> int:
-    """Write the selected elements of a JSON array file."""
-    items = json.loads(source.read_text(encoding="utf-8"))
-    out.write_text(
-        json.dumps([items[r] for r in rows], indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    return 0
+    """Return the data layer's format name: the one recorded at capture, else detected."""
+    try:
+        return parse_format(recorded)
+    except UsageError:
+        return detect_format(path)

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from priorscope.engine.data.example import Example
-from priorscope.engine.data.formats import jsonl, parquet, tsv
+from priorscope.engine.data.formats import jsonl, parse_format, tsv
 from priorscope.engine.errors import DataError, UsageError
 
 
@@ -39,15 +39,25 @@ def export_rows(examples: Sequence[Example], out: str | Path) -> Path:
         raise UsageError(
             f"Expected an output path other than the source {path!r}. Got the same path instead."
         )
-    if fmt == tsv.NAME:
-        _export_tsv(Path(path), rows, target)
-    elif fmt == jsonl.NAME:
-        _export_lines(Path(path), rows, target)
-    elif fmt == parquet.NAME:
-        _export_parquet(Path(path), rows, target)
-    else:
-        raise UsageError(f"Expected a known format in the examples' source. Got {fmt!r} instead.")
+    export_source_rows(Path(path), fmt, rows, target)
     return target
+
+
+def export_source_rows(path: Path, fmt: str, rows: Sequence[int], out: Path) -> int:
+    """Return how many TSV rows got a referenced image inlined, after copying ``rows`` to ``out``.
+
+    ``rows`` are 0-based data rows as the loaders number them (SourceRef.row); ``fmt`` is a
+    format name or alias (see priorscope.engine.data.formats.parse_format).
+    """
+    fmt = parse_format(fmt)
+    wanted = sorted(set(rows))
+    if fmt == tsv.NAME:
+        return _export_tsv(path, wanted, out)
+    if fmt == jsonl.NAME:
+        _export_lines(path, wanted, out)
+    else:
+        _export_parquet(path, wanted, out)
+    return 0
 
 
 def _raw_rows(text: str) -> Iterator[tuple[str, list[str]]]:
@@ -66,9 +76,10 @@ def _raw_rows(text: str) -> Iterator[tuple[str, list[str]]]:
         yield raw, cells
 
 
-def _export_tsv(path: Path, rows: list[int], out: Path) -> None:
+def _export_tsv(path: Path, rows: list[int], out: Path) -> int:
     tsv._raise_field_limit()
-    records = list(_raw_rows(path.read_text(encoding="utf-8")))
+    with path.open(encoding="utf-8", newline="") as handle:  # keep \r\n: rows are copied as is
+        records = list(_raw_rows(handle.read()))
     (header_raw, header), data = records[0], [r for r in records[1:] if r[1]]
     names = [h.strip().lstrip("\ufeff") for h in header]
     wanted = set(rows)
@@ -77,6 +88,7 @@ def _export_tsv(path: Path, rows: list[int], out: Path) -> None:
     id_col = names.index("index") if "index" in names else None
     exported_ids = {data[r][1][id_col].strip() for r in rows} if id_col is not None else set()
     inline: dict[str, str] = {}
+    inlined = 0
     if image_col is not None and id_col is not None:
         for _, c in data:
             if len(c) > image_col and len(c[image_col].strip()) > tsv.REFERENCE_MAX_CHARS:
@@ -91,10 +103,12 @@ def _export_tsv(path: Path, rows: list[int], out: Path) -> None:
             if image_col is not None and len(ref) <= tsv.REFERENCE_MAX_CHARS and dangling:
                 cells = list(cells)
                 cells[image_col] = inline[ref]
+                inlined += 1
                 line_end = "\r\n" if raw.endswith("\r\n") else "\n"
                 csv.writer(handle, delimiter="\t", lineterminator=line_end).writerow(cells)
             else:
                 handle.write(raw if raw.endswith("\n") else raw + "\n")
+    return inlined
 
 
 def _check_rows(path: Path, rows: list[int], n_rows: int) -> None:
