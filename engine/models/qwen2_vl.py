@@ -7,10 +7,11 @@ from typing import Any, ClassVar
 from priorscope.engine.models.hf import HFAdapter
 
 # Qwen's own chat template, image and text parts only (the checkpoint's template wins if present).
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
+_QWEN_DEFAULT_SYSTEM = (
     "{% if loop.first and message['role'] != 'system' %}"
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+)
+_QWEN_TURN = (
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
@@ -19,6 +20,9 @@ QWEN_CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# The Qwen2-VL/Qwen2.5-VL chat format; the no-system variant is the model organism's.
+QWEN_CHAT_TEMPLATE_NO_SYSTEM = "{% for message in messages %}" + _QWEN_TURN
+QWEN_CHAT_TEMPLATE = "{% for message in messages %}" + _QWEN_DEFAULT_SYSTEM + _QWEN_TURN
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",

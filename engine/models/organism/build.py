@@ -11,19 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from priorscope.engine.errors import UsageError
-from priorscope.engine.models.qwen2_vl import QWEN_SPECIAL_TOKENS
+from priorscope.engine.models.qwen2_vl import QWEN_CHAT_TEMPLATE_NO_SYSTEM, QWEN_SPECIAL_TOKENS
 from priorscope.engine.models.wordlevel import make_tokenizer
 
-ORGANISM_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+ORGANISM_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE_NO_SYSTEM
 
 
 # (mean, std) per channel; the background grey of priorscope.engine.data.synth is 236.
