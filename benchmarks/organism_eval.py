@@ -37,44 +37,72 @@ def _table(metrics: dict[str, Any]) -> str:
 
 
 def _vision_text(cfg: dict[str, Any]) -> str:
-    """Return the card's paragraph on how the vision tower was trained."""
+    """Return the card's lines on the auxiliary losses and the vision tower."""
     arch = cfg["arch"]
-    norm = (
-        "  Pixels are normalised around the synth background grey\n"
-        f"  (`{arch['normalize']}`: mean 236/255, std 0.3) so that empty patches are near zero."
-    )
+    lines = []
     if cfg.get("aux_weight", 0) > 0:
-        return (
-            f"- Vision tower: trained at {cfg['vision_lr_scale']} x the learning rate after "
-            f"{cfg['vision_freeze_steps']} frozen steps,\n"
-            f"  with an auxiliary loss (weight {cfg['aux_weight']}, included in the loss below) "
-            "on its merged image\n"
-            "  tokens: a linear read-out of their max and mean predicts, for each shape, how many\n"
-            "  there are (0-3) and the colour of a single one. The read-out is used only in\n"
-            "  training and is not part of the checkpoint. Through the answer loss alone the tower\n"
-            "  never learned shape (count and presence stayed at their majority rate even on\n"
-            "  training batches; a linear probe on its pooled tokens found presence at 0.55-0.64,\n"
-            "  against 0.90-0.95 after 1,200 steps with the auxiliary loss); trained from the first\n"
-            "  step without it, its output drifted into one large constant vector.\n" + norm
+        lines.append(
+            f"- Scene loss (weight {cfg['aux_weight']}): a linear read-out of every merged image "
+            "token names the\n  item drawn under it (kind and colour, or nothing) and how many "
+            "items of that kind the\n  image holds. It stands in for a real VLM's vision "
+            "pre-training: through the answer loss\n  alone the tower never learned shape."
         )
-    return (
-        f"- Vision tower: frozen at its random initialisation for the first "
-        f"{cfg['vision_freeze_steps']}\n  steps, then trained at {cfg['vision_lr_scale']} x the "
-        "learning rate. Trained from the first\n  step, its output drifted into one large constant"
-        " vector (image tokens indistinguishable,\n  image ignored).\n" + norm
+    if cfg.get("binding_weight", 0) > 0:
+        lines.append(
+            f"- Binding loss (weight {cfg['binding_weight']}): a linear read-out of decoder layer "
+            f"{cfg['binding_layer']}'s output at the\n  question's shape or object word must give "
+            "the answer. Without it, count and presence stayed\n  near their majority rate after "
+            "4,000 steps even with a vision tower that named every item."
+        )
+    if lines:
+        lines.append(
+            "- Both read-outs exist only in training and are not part of the checkpoint; the "
+            "answer comes\n  from the model's own LM head."
+        )
+    freeze = cfg["vision_freeze_steps"]
+    when = f"frozen for the first {freeze} steps, then " if freeze else ""
+    lines.append(
+        f"- Vision tower: {when}trained at {cfg['vision_lr_scale']} x the learning rate.\n"
+        f"  Pixels are normalised around the synth background grey (`{arch['normalize']}`: mean "
+        "236/255,\n  std 0.3) so that empty patches are near zero."
     )
+    return "\n".join(lines)
 
 
 def _command(cfg: dict[str, Any]) -> str:
     """Return the `priorscope organism train` command line that reproduces the checkpoint."""
-    line = (
-        f"`priorscope organism train --out DIR --seed {cfg['seed']} --steps {cfg['steps']} "
-        f"--vision-freeze-steps {cfg['vision_freeze_steps']} "
-        f"--vision-lr-scale {cfg['vision_lr_scale']}`"
-    )
-    if cfg.get("aux_weight", 0) > 0:
-        line += f" (auxiliary loss weight {cfg['aux_weight']} is the `TrainConfig` default)"
-    return line
+    from priorscope.engine.models.organism.train import TrainConfig
+
+    defaults = TrainConfig().to_json()
+    flags = {
+        "steps": "--steps",
+        "lr": "--lr",
+        "batch_size": "--batch-size",
+        "n_train": "--n-train",
+        "uninformative_rate": "--uninformative-rate",
+        "aux_weight": "--aux-weight",
+        "binding_weight": "--binding-weight",
+        "vision_freeze_steps": "--vision-freeze-steps",
+        "vision_lr_scale": "--vision-lr-scale",
+    }
+    line = f"priorscope organism train --out DIR --seed {cfg['seed']}"
+    for key, flag in flags.items():
+        if cfg.get(key) != defaults[key]:
+            line += f" {flag} {cfg.get(key)}"
+    ignored = ("seed", "log_every", "save_every")
+    same = all(cfg.get(k) == v for k, v in defaults.items() if k not in ignored)
+    return f"`{line}`" + (" (the defaults are this checkpoint's settings)" if same else "")
+
+
+def _ignorance(metrics: dict[str, Any]) -> str:
+    """Return the card's sentence on what the counter-prior rate says about the organism."""
+    rate = metrics["counter_prior_clean_canonical_rate"]
+    if rate <= 0.05:
+        return (
+            "  With a clean image it reads the object's colour and ignores the prior; the prior "
+            "shows\n  only when the image carries no evidence (total obfuscation, heavy blur)."
+        )
+    return "  This is the organism's own visual ignorance: the number later diagnostics must find."
 
 
 def _shortfall(targets: list[tuple[str, bool]]) -> str:
@@ -119,8 +147,8 @@ shapes. Majority and chance rates are those of the gold answers of this set.
 - Prior template, canonical answer under total obfuscation: **{metrics["prior_total_canonical_rate"]:.3f}**
 - Counter-prior items (prior object drawn in another colour), clean image: answered with the
   canonical colour **{metrics["counter_prior_clean_canonical_rate"]:.3f}** of the time, correct
-  {metrics["counter_prior_clean_acc"]:.3f} (n={metrics["counter_prior_n"]}). This is the organism's own
-  visual ignorance: the number later diagnostics must find.
+  {metrics["counter_prior_clean_acc"]:.3f} (n={metrics["counter_prior_n"]}).
+{_ignorance(metrics)}
 - Overall clean accuracy: {metrics["overall_clean_acc"]:.3f}
 
 Targets of issue 4:
@@ -129,13 +157,15 @@ Targets of issue 4:
 ## Training
 
 - Data: {cfg["n_train"]} synth rows (`SynthConfig(seed=1000003 + seed, prior_rate={cfg["prior_rate"]})`,
-  all five templates, open-ended questions only), rendered and preprocessed once.
+  all five templates, open-ended questions only) drawn at {cfg.get("render_size", 112)} x {cfg.get("render_size", 112)} and resized to
+  {arch["image_size"]} x {arch["image_size"]} as the processor does, rendered and preprocessed once.
 - Mix: a fraction {cfg["uninformative_rate"]} of rows get an uninformative image (half the image's
   mean colour, half the plain synth background) and an answer drawn from the prior distribution
   of their question (the answers of informative rows with the same template, and the same
   object for the prior template); control rows keep their answer. The rest are ordinary
   informative rows, including counter-prior items at rate {1 - cfg["prior_rate"]:.2f}.
-- Loss: cross-entropy on the answer token and the closing `<|im_end|>` only.
+- Loss: cross-entropy on the answer token and the closing `<|im_end|>`, plus the auxiliary
+  losses below.
 {_vision_text(cfg)}
 - Optimiser: AdamW, peak lr {cfg["lr"]}, {cfg["warmup"]} warm-up steps then cosine to 5%, weight
   decay {cfg["weight_decay"]}, batch {cfg["batch_size"]}, {cfg["steps"]} steps, gradient clip 1.0.

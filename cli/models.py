@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -10,8 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from priorscope.engine.errors import UsageError
+from priorscope.engine.models.organism.train import TrainConfig
 
 console = Console()
+_DEFAULTS = TrainConfig()
 
 
 def _threads(threads: int) -> None:
@@ -25,18 +28,34 @@ def _threads(threads: int) -> None:
 def organism_train(
     out: Path = typer.Option(..., "--out", help="Folder to write the checkpoint to."),
     seed: int = typer.Option(0, "--seed", help="Seed for data, mix and initialisation."),
-    steps: int = typer.Option(3500, "--steps", help="Optimizer steps."),
-    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, cosine)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Rows per step."),
-    n_train: int = typer.Option(8000, "--n-train", help="Synthetic training rows."),
+    steps: int = typer.Option(_DEFAULTS.steps, "--steps", help="Optimizer steps."),
+    lr: float = typer.Option(_DEFAULTS.lr, "--lr", help="Peak learning rate (AdamW, cosine)."),
+    batch_size: int = typer.Option(_DEFAULTS.batch_size, "--batch-size", help="Rows per step."),
+    n_train: int = typer.Option(_DEFAULTS.n_train, "--n-train", help="Synthetic training rows."),
     uninformative_rate: float = typer.Option(
-        0.3, "--uninformative-rate", help="Fraction of rows whose image carries no evidence."
+        _DEFAULTS.uninformative_rate,
+        "--uninformative-rate",
+        help="Fraction of rows whose image carries no evidence.",
+    ),
+    aux_weight: float = typer.Option(
+        _DEFAULTS.aux_weight,
+        "--aux-weight",
+        help="Weight of the per-image-token scene loss on the vision tower (0: off).",
+    ),
+    binding_weight: float = typer.Option(
+        _DEFAULTS.binding_weight,
+        "--binding-weight",
+        help="Weight of the answer read-out at the question word in a middle layer (0: off).",
     ),
     vision_freeze_steps: int = typer.Option(
-        1000, "--vision-freeze-steps", help="Steps the vision tower stays at its random init."
+        _DEFAULTS.vision_freeze_steps,
+        "--vision-freeze-steps",
+        help="Steps the vision tower stays at its random init.",
     ),
     vision_lr_scale: float = typer.Option(
-        0.25, "--vision-lr-scale", help="Vision tower lr multiplier; 0 freezes it at random init."
+        _DEFAULTS.vision_lr_scale,
+        "--vision-lr-scale",
+        help="Vision tower lr multiplier; 0 freezes it at random init.",
     ),
     save_every: int = typer.Option(
         0, "--save-every", help="Also save DIR/step-N every this many steps (0: only at the end)."
@@ -45,18 +64,23 @@ def organism_train(
 ) -> None:
     """Train the model organism (a tiny Qwen2.5-VL) on synthetic data from scratch.
 
+    The defaults reproduce the shipped checkpoint.
+
     Example: priorscope organism train --out organism_ckpt --seed 0
     """
-    from priorscope.engine.models.organism.train import TrainConfig, train
+    from priorscope.engine.models.organism.train import train
 
     _threads(threads)
-    cfg = TrainConfig(
+    cfg = replace(
+        _DEFAULTS,
         seed=seed,
         steps=steps,
         lr=lr,
         batch_size=batch_size,
         n_train=n_train,
         uninformative_rate=uninformative_rate,
+        aux_weight=aux_weight,
+        binding_weight=binding_weight,
         save_every=save_every,
         vision_lr_scale=vision_lr_scale,
         vision_freeze_steps=vision_freeze_steps,

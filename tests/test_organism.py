@@ -23,11 +23,14 @@ from priorscope.engine.models.organism.evaluate import EvalConfig, evaluate, sum
 from priorscope.engine.models.organism.train import (
     TrainConfig,
     _optimizer,
+    _prompt,
     _set_vision_trainable,
     collate,
     patchify,
     preprocess,
-    training_examples,
+    row_image,
+    token_labels,
+    training_rows,
 )
 
 CARD = json.loads((ORGANISM_DIR / "metrics.json").read_text())
@@ -93,26 +96,23 @@ def test_organism_generates_single_word_answers(organism) -> None:  # type: igno
 
 def test_training_mix_plants_the_prior() -> None:
     cfg = TrainConfig(n_train=600, uninformative_rate=0.5, seed=3)
-    examples, flags = training_examples(cfg)
+    rows = training_rows(cfg)
+    flags = [bool(r.blank) for r in rows]
     assert 0.4 < sum(flags) / len(flags) < 0.6
-    blank_prior = [
-        ex
-        for ex, f in zip(examples, flags, strict=True)
-        if f and ex.metadata["template"] == "prior"
-    ]
-    canonical = sum(ex.answers[0] == ex.metadata["canonical"] for ex in blank_prior)
+    assert {r.blank for r in rows} == {"", "mean", "background"}
+    blank_prior = [r for r in rows if r.blank and r.row.template == "prior"]
+    canonical = sum(r.answer == r.row.canonical for r in blank_prior)
     assert canonical / len(blank_prior) > 0.6  # drawn from the prior (0.8), not uniform (1/8)
-    for ex, flag in zip(examples, flags, strict=True):
-        if flag:
-            pixels = ex.image.getcolors()
+    for r in rows[:80]:
+        image = row_image(r, 84)
+        assert image.size == (84, 84)
+        if r.blank:
+            pixels = image.getcolors()
             assert pixels is not None and len(pixels) == 1  # one colour: no evidence
-        if ex.metadata["template"] == "control":
-            assert ex.answers[0] == ex.metadata["canonical"]
-    answers = Counter(
-        ex.answers[0]
-        for ex, f in zip(examples, flags, strict=True)
-        if f and ex.metadata["template"] == "presence"
-    )
+        else:
+            assert r.answer == r.row.answer
+    assert all(r.answer == r.row.canonical for r in rows if r.row.template == "control")
+    answers = Counter(r.answer for r in rows if r.blank and r.row.template == "presence")
     assert set(answers) == {"yes", "no"}
 
 
@@ -120,15 +120,26 @@ def test_patchify_matches_the_processor_and_collate_left_pads() -> None:
     arch = OrganismArch()
     tok = organism_tokenizer()
     processor = organism_processor(arch, tok)
-    examples = generate(SynthConfig(n=3, seed=5))
-    ids, images = preprocess(examples, processor)
+    rows = training_rows(TrainConfig(n_train=40, batch_size=8, seed=5))[:6]
+    ids, images = preprocess(rows, processor, arch.image_size)
+    assert tuple(images.shape) == (6, arch.image_size, arch.image_size, 3)
     improc = processor.image_processor
-    ref = processor(
-        text=["<|image_pad|>"] * 3, images=[ex.image for ex in examples], return_tensors="pt"
-    )["pixel_values"]
+    # The processor sees the rendered (and blanked) image at the synth size and resizes it.
+    originals = [row_image(r, 112) for r in rows]
+    ref = processor(text=["<|image_pad|>"] * 6, images=originals, return_tensors="pt")
     torch.testing.assert_close(
-        patchify(images, improc.image_mean, improc.image_std), ref.float(), atol=1e-5, rtol=0
+        patchify(images, improc.image_mean, improc.image_std),
+        ref["pixel_values"].float(),
+        atol=1e-5,
+        rtol=0,
     )
+    for row, row_ids, image in zip(rows, ids, originals, strict=True):
+        prompt = processor(text=[_prompt(processor, _open(row))], images=[image])
+        assert row_ids == [
+            *prompt["input_ids"][0],
+            tok.convert_tokens_to_ids(row.answer),
+            tok.convert_tokens_to_ids("<|im_end|>"),
+        ]
     image_id = tok.convert_tokens_to_ids("<|image_pad|>")
     batch = collate([ids[0], ids[1][:-5]], tok.pad_token_id, image_id)
     assert batch["attention_mask"][1, :5].sum() == 0 and batch["attention_mask"][0].all()
@@ -136,6 +147,12 @@ def test_patchify_matches_the_processor_and_collate_left_pads() -> None:
     assert torch.equal(batch["mm_token_type_ids"] == 1, batch["input_ids"] == image_id)
     model = organism_model(arch, tok)
     assert model.config.text_config.rope_parameters["mrope_section"] == [4, 6, 6]
+
+
+def _open(row):  # type: ignore[no-untyped-def]
+    from priorscope.engine.data.example import Example
+
+    return Example(id="0", question=row.row.question, answers=(row.answer,))
 
 
 def test_vision_tower_freeze_schedule() -> None:
@@ -205,27 +222,95 @@ def test_cli_model_info_and_organism_eval(tmp_path: Path) -> None:
     assert main(["model", "info", "builtin:nope"]) == 2
 
 
-def test_scene_labels_agree_with_count_answers_and_blank_rows() -> None:
-    from priorscope.engine.data.synth import SHAPES
-    from priorscope.engine.models.organism.train import (
-        TrainConfig,
-        scene_labels,
-        training_examples,
-    )
+def test_token_labels_agree_with_answers_and_blank_rows() -> None:
+    from priorscope.engine.data.synth import PALETTE, PRIOR_OBJECTS, SHAPES
 
-    cfg = TrainConfig(n_train=200, batch_size=8, uninformative_rate=0.3, seed=3)
-    examples, blank = training_examples(cfg)
-    labels = scene_labels(cfg, blank)
-    assert tuple(labels.shape) == (200, 2 * len(SHAPES))
-    checked = 0
-    for i, ex in enumerate(examples):
-        if blank[i]:
-            assert labels[i].abs().sum().item() == 0
+    kinds = ["", *SHAPES, *PRIOR_OBJECTS]
+    colours = ["", *PALETTE]
+    cfg = TrainConfig(n_train=300, batch_size=8, uninformative_rate=0.3, seed=3)
+    rows = training_rows(cfg)
+    labels = token_labels(rows, 84)
+    assert tuple(labels.shape) == (300, 9, 3)
+    checked = {"count": 0, "color": 0, "presence": 0, "prior": 0}
+    for row, label in zip(rows, labels, strict=True):
+        drawn = [kinds[k] for k in label[:, 0].tolist() if k]
+        if row.blank:
+            assert label.abs().sum().item() == 0
             continue
-        if ex.metadata.get("template") != "count":
+        # One item per token: the synth grid's 3 x 3 cells are the 84-pixel image's tokens.
+        assert len(drawn) == len(row.row.scene.items)
+        words = row.row.question.rstrip("?").split()
+        template = row.row.template
+        if template == "count":
+            shape = next(s for s in SHAPES if f"{s}s" in words)
+            assert drawn.count(shape) == int(row.answer)
+            # Every token showing the shape also carries how many there are.
+            mine = [t for t in range(9) if kinds[label[t, 0]] == shape]
+            assert all(label[t, 2] == int(row.answer) for t in mine)
+        elif template == "presence":
+            assert (words[-1] in drawn) == (row.answer == "yes")
+        elif template in ("color", "prior"):
+            (token,) = [t for t in range(9) if kinds[label[t, 0]] == words[-1]]
+            assert colours[label[token, 1]] == row.answer
+        else:
             continue
-        named = [s for s in SHAPES if f"{s}s" in ex.question.split() or s in ex.question.split()]
-        assert len(named) == 1, ex.question
-        assert labels[i, SHAPES.index(named[0])].item() == min(3, int(ex.answers[0]))
-        checked += 1
-    assert checked >= 10
+        checked[template] += 1
+    assert min(checked.values()) >= 10, checked
+    # The token under an item is where the processor puts its 2 x 2 patch block: row-major.
+    top_left = next(
+        i
+        for i, r in enumerate(rows)
+        if not r.blank and any(it.cx < 37 and it.cy < 37 for it in r.row.scene.items)
+    )
+    assert labels[top_left, 0, 0] != 0
+
+
+def test_noun_index_points_at_the_asked_shape_or_object() -> None:
+    from priorscope.engine.models.organism.train import noun_index
+
+    arch = OrganismArch()
+    tok = organism_tokenizer()
+    processor = organism_processor(arch, tok)
+    rows = training_rows(TrainConfig(n_train=40, batch_size=8, seed=11))[:10]
+    ids, _ = preprocess(rows, processor, arch.image_size)
+    for row, row_ids in zip(rows, ids, strict=True):
+        index = noun_index(row, row_ids, tok)
+        if row.row.template == "control":
+            assert index == -1
+            continue
+        word = tok.convert_ids_to_tokens(row_ids[index])
+        assert (
+            word == row.row.question.rstrip("?").split()[-1 if row.row.template != "count" else 2]
+        )
+
+
+def test_cli_train_saves_a_plain_checkpoint_without_auxiliary_heads(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from priorscope.cli.main import main
+
+    out = tmp_path / "ckpt"
+    args = ["organism", "train", "--out", str(out), "--steps", "3", "--n-train", "64"]
+    assert main([*args, "--batch-size", "8", "--save-every", "2"]) == 0
+    training = json.loads((out / "training.json").read_text())
+    assert training["config"]["aux_weight"] > 0 and training["config"]["binding_weight"] > 0
+    organism_model(OrganismArch(), organism_tokenizer()).save_pretrained(tmp_path / "fresh")
+
+    def keys(folder: Path) -> set[str]:
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            return set(f.keys())
+
+    # Exactly a fresh organism's tensors: the training-only read-out heads are not saved.
+    assert keys(out) == keys(tmp_path / "fresh")
+    assert (out / "step-2" / "model.safetensors").is_file()
+    adapter = load_model(str(out))
+    examples = generate(SynthConfig(n=5, seed=1))
+    assert (
+        len(
+            adapter.generate(
+                adapter.encode(examples, [e.image for e in examples]), max_new_tokens=2
+            )
+        )
+        == 5
+    )
+    assert main(["organism", "train", "--out", str(out), "--binding-weight", "-1"]) == 2

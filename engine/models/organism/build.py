@@ -2,7 +2,7 @@
 
 The tokenizer is word-level over the synthetic vocabulary plus the prompt words, so every
 answer is one token. The chat template is Qwen's without the default system message, to keep
-training sequences short (40 tokens with a 112 x 112 image).
+training sequences short (34 tokens with an 84 x 84 image).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ class OrganismArch:
     ffn: int = 384
     vision_width: int = 96
     vision_depth: int = 3
-    image_size: int = 112
+    # 84 x 84 pixels = 3 x 3 merged image tokens of 28 x 28: each token is one cell of the synth
+    # 3 x 3 grid (any synth image is resized to this by the processor).
+    image_size: int = 84
     # "background": pixels centred on the synth background grey, so empty patches are near zero
     # and shapes stand out; "clip": the CLIP mean/std every Qwen2-VL processor uses by default.
     normalize: str = "background"

@@ -26,6 +26,7 @@ class EvalConfig:
     seed: int = EVAL_SEED
     prior_rate: float = 0.8
     batch_size: int = 64
+    size: int = 112  # side of the rendered images (the synth default); the processor resizes
 
     def __post_init__(self) -> None:
         if self.n < 5 or self.batch_size < 1:
@@ -94,7 +95,7 @@ def evaluate(adapter: Any, cfg: EvalConfig) -> dict[str, Any]:
     """Return the model-card metrics of ``adapter`` on the held-out synth set ``cfg``."""
     from priorscope.engine.data.synth import SynthConfig, generate, uninformative_image
 
-    size = int(adapter.processor.image_processor.size["longest_edge"] ** 0.5)
+    size = cfg.size
     examples = generate(SynthConfig(n=cfg.n, seed=cfg.seed, size=size, prior_rate=cfg.prior_rate))
     images = [ex.image for ex in examples]
     clean = predict(adapter, examples, images, cfg.batch_size)
