@@ -116,12 +116,18 @@ def test_training_mix_plants_the_prior() -> None:
     assert set(answers) == {"yes", "no"}
 
 
-def test_patchify_matches_the_processor_and_collate_left_pads() -> None:
+def _preprocessed(seed: int, k: int):  # type: ignore[no-untyped-def]
+    """Return (arch, tokenizer, processor, first k training rows, their ids, their images)."""
     arch = OrganismArch()
     tok = organism_tokenizer()
     processor = organism_processor(arch, tok)
-    rows = training_rows(TrainConfig(n_train=40, batch_size=8, seed=5))[:6]
+    rows = training_rows(TrainConfig(n_train=40, batch_size=8, seed=seed))[:k]
     ids, images = preprocess(rows, processor, arch.image_size)
+    return arch, tok, processor, rows, ids, images
+
+
+def test_patchify_matches_the_processor_and_collate_left_pads() -> None:
+    arch, tok, processor, rows, ids, images = _preprocessed(seed=5, k=6)
     assert tuple(images.shape) == (6, arch.image_size, arch.image_size, 3)
     improc = processor.image_processor
     # The processor sees the rendered (and blanked) image at the synth size and resizes it.
@@ -268,11 +274,7 @@ def test_token_labels_agree_with_answers_and_blank_rows() -> None:
 def test_noun_index_points_at_the_asked_shape_or_object() -> None:
     from priorscope.engine.models.organism.train import noun_index
 
-    arch = OrganismArch()
-    tok = organism_tokenizer()
-    processor = organism_processor(arch, tok)
-    rows = training_rows(TrainConfig(n_train=40, batch_size=8, seed=11))[:10]
-    ids, _ = preprocess(rows, processor, arch.image_size)
+    _, tok, _, rows, ids, _ = _preprocessed(seed=11, k=10)
     for row, row_ids in zip(rows, ids, strict=True):
         index = noun_index(row, row_ids, tok)
         if row.row.template == "control":
