@@ -195,6 +195,13 @@ def test_train_config_validation() -> None:
         TrainConfig(uninformative_rate=1.5)
     with pytest.raises(UsageError, match="multiple of 28"):
         OrganismArch(image_size=100)
+    with pytest.raises(UsageError, match="binding_layer"):
+        TrainConfig(binding_layer=4)
+    from priorscope.engine.models.organism.train import build_training_set
+
+    blank = TrainConfig(n_train=8, batch_size=8, uninformative_rate=0.999)
+    with pytest.raises(UsageError, match="all with blank images"):
+        build_training_set(blank, organism_processor(OrganismArch(), organism_tokenizer()))
     assert Path(ORGANISM_DIR).name == "checkpoint"
 
 

@@ -355,7 +355,13 @@ def build_training_set(cfg: TrainConfig, processor: Any) -> TrainingSet:
     size = cfg.arch.image_size
     ids, images = preprocess(rows, processor, size)
     improc = processor.image_processor
-    first = next(i for i, r in enumerate(rows) if not r.blank)
+    first = next((i for i, r in enumerate(rows) if not r.blank), None)
+    if first is None:
+        raise UsageError(
+            f"Expected some informative training rows. Got {cfg.n_train} rows, all with blank "
+            f"images (uninformative_rate={cfg.uninformative_rate}); lower --uninformative-rate "
+            "or raise --n-train."
+        )
     reference = processor(
         text=["<|image_pad|>"], images=[render(rows[first].row.scene)], return_tensors="pt"
     )["pixel_values"]
