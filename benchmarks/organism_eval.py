@@ -52,7 +52,9 @@ def _vision_text(cfg: dict[str, Any]) -> str:
             f"- Binding loss (weight {cfg['binding_weight']}): a linear read-out of decoder layer "
             f"{cfg['binding_layer']}'s output at the\n  question's shape or object word must give "
             "the answer. Without it, count and presence stayed\n  near their majority rate after "
-            "4,000 steps even with a vision tower that named every item."
+            "4,000 steps even with a vision tower that named every item.\n  By construction the "
+            "answer is linearly readable at that word from that layer on: probes will\n  find it "
+            "there because it was trained to be there."
         )
     if lines:
         lines.append(
@@ -99,10 +101,10 @@ def _ignorance(metrics: dict[str, Any]) -> str:
     rate = metrics["counter_prior_clean_canonical_rate"]
     if rate <= 0.05:
         return (
-            "  With a clean image it reads the object's colour and ignores the prior; the prior "
-            "shows\n  only when the image carries no evidence (total obfuscation, heavy blur)."
+            "With a clean image it reads the object's colour and\n  ignores the prior; the prior "
+            "shows only when the image carries no evidence (total\n  obfuscation, heavy blur)."
         )
-    return "  This is the organism's own visual ignorance: the number later diagnostics must find."
+    return "This is the organism's own visual ignorance: the number\n  later diagnostics must find."
 
 
 def _shortfall(targets: list[tuple[str, bool]]) -> str:
@@ -127,12 +129,11 @@ def _card(metrics: dict[str, Any], training: dict[str, Any]) -> str:
     ev = metrics["eval"]
     return f"""# priorscope model organism
 
-A tiny `Qwen2_5_VLForConditionalGeneration` ({training["parameters"]:,} parameters; text decoder
-{arch["layers"]} layers, d_model {arch["d_model"]}, {arch["heads"]} heads; vision tower
-{arch["vision_depth"]} layers of width {arch["vision_width"]}; {arch["image_size"]} x
-{arch["image_size"]} images = {(arch["image_size"] // 28) ** 2} image tokens) trained from scratch by
-priorscope on its synthetic benchmark, with a language prior planted on purpose. Word-level
-tokenizer over the synth vocabulary; every answer is one token. Load it with
+A tiny `Qwen2_5_VLForConditionalGeneration` ({training["parameters"]:,} parameters) trained from
+scratch by priorscope on its synthetic benchmark, with a language prior planted on purpose.
+Text decoder: {arch["layers"]} layers, d_model {arch["d_model"]}, {arch["heads"]} heads. Vision tower: {arch["vision_depth"]} layers of width
+{arch["vision_width"]}. Images: {arch["image_size"]} x {arch["image_size"]} pixels = {(arch["image_size"] // 28) ** 2} image tokens. Word-level tokenizer over the
+synth vocabulary; every answer is one token. Load it with
 `priorscope.engine.models.load_model("builtin:organism")` (no network).
 
 ## Measured accuracy (held-out synth set: n={ev["n"]}, seed={ev["seed"]}, prior_rate={ev["prior_rate"]})
@@ -147,8 +148,7 @@ shapes. Majority and chance rates are those of the gold answers of this set.
 - Prior template, canonical answer under total obfuscation: **{metrics["prior_total_canonical_rate"]:.3f}**
 - Counter-prior items (prior object drawn in another colour), clean image: answered with the
   canonical colour **{metrics["counter_prior_clean_canonical_rate"]:.3f}** of the time, correct
-  {metrics["counter_prior_clean_acc"]:.3f} (n={metrics["counter_prior_n"]}).
-{_ignorance(metrics)}
+  {metrics["counter_prior_clean_acc"]:.3f} (n={metrics["counter_prior_n"]}). {_ignorance(metrics)}
 - Overall clean accuracy: {metrics["overall_clean_acc"]:.3f}
 
 Targets of issue 4:
