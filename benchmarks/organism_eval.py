@@ -51,8 +51,8 @@ def _vision_text(cfg: dict[str, Any]) -> str:
         lines.append(
             f"- Binding loss (weight {cfg['binding_weight']}): a linear read-out of decoder layer "
             f"{cfg['binding_layer']}'s output at the\n  question's shape or object word must give "
-            "the answer. Without it, count and presence stayed\n  near their majority rate after "
-            "4,000 steps even with a vision tower that named every item.\n  By construction the "
+            "the answer. Without it, after 4,000 steps held-out count was\n  0.40 and presence "
+            "0.77, even with a vision tower that named every item.\n  By construction the "
             "answer is linearly readable at that word from that layer on: probes will\n  find it "
             "there because it was trained to be there."
         )

@@ -18,8 +18,9 @@ presence at their majority rate):
   exactly the synth grid's cells, one item each.
 - the binding loss (``binding_weight``) asks decoder layer ``binding_layer``'s output at the
   question's shape or object word ("circle", "stars", "banana") for the answer. Without it the
-  decoder found no way to bind the word to the image token showing that shape within 4,000
-  steps; with it, colour and presence training accuracy pass 0.9 in about 1,000 steps.
+  decoder bound the word to the image token showing that shape only slowly (held-out after
+  4,000 steps: colour 0.77, count 0.40, presence 0.77); with it, colour and presence pass
+  0.98 by 2,000 steps and count 0.97 by 4,000.
 
 Neither head is saved: the checkpoint is a plain Qwen2.5-VL whose answer comes from its own LM
 head at the answer position.
