@@ -23,7 +23,7 @@ def decay_table(result: Any, title: str = "Decay metrics") -> Table:
         title_justify="left",
         caption=(
             "percent, 95% bootstrap interval below. blind: right under severe blur and total; "
-            "adj.: blind minus chance; grnd.: clean accuracy on items not blind-answerable; "
+            "adj.: blind minus chance (a uniform guess); grnd.: clean accuracy on items not blind-answerable; "
             "infl.: clean minus grnd."
         ),
         caption_justify="left",
@@ -41,33 +41,27 @@ def decay_table(result: Any, title: str = "Decay metrics") -> Table:
     table.add_column("group", no_wrap=True)
     for label, _ in cols:
         table.add_column(label, justify="right", min_width=6)
+    total = None if lv.total is None else lv.names[lv.total]
     for g in result.groups:
         cells = []
         for _, name in cols:
             if name == "@total":
-                c = lv.total
-                cells.append(
-                    "—"
-                    if c is None
-                    else _cell(g.values["accuracy"][c], g.low["accuracy"][c], g.high["accuracy"][c])
-                )
-            elif name in g.values:
-                cells.append(_cell(g.values[name], g.low[name], g.high[name]))
+                cells.append("—" if total is None else _cell(g.estimate("accuracy", lv.total)))
             else:
-                cells.append("—")
+                cells.append(_cell(g.estimate(name)) if name in g.values else "—")
         table.add_row(f"{g.key}\n[dim]n={g.n}[/dim]", *cells)
     return table
 
 
-def _cell(value: float, low: float, high: float) -> str:
+def _cell(est: Any) -> str:
     """Return a percent value over its 95% interval, two short lines for a narrow terminal."""
     import math
 
-    if not math.isfinite(value):
+    if not math.isfinite(est.value):
         return "—"
-    lo = "?" if not math.isfinite(low) else f"{100 * low:.0f}"
-    hi = "?" if not math.isfinite(high) else f"{100 * high:.0f}"
-    return f"{100 * value:.1f}\n[dim]{lo}–{hi}[/dim]"
+    lo = "?" if not math.isfinite(est.low) else f"{100 * est.low:.0f}"
+    hi = "?" if not math.isfinite(est.high) else f"{100 * est.high:.0f}"
+    return f"{100 * est.value:.1f}\n[dim]{lo}–{hi}[/dim]"
 
 
 def level_table(result: Any) -> Table:
@@ -97,9 +91,9 @@ def decay_cmd(
 
     Example: priorscope decay runs/qwen.zarr --by category --json decay.json
     """
-    from priorscope.engine.analysis.decay import compute_decay, parse_decay_config
+    from priorscope.engine.analysis import DecayConfig, compute_decay
 
-    cfg = parse_decay_config(
+    cfg = DecayConfig(
         by=by,
         correct_at=correct_at,
         severe=severe,
@@ -138,9 +132,9 @@ def export_cmd(
 
     Example: priorscope export-grounded runs/qwen.zarr --out mmstar_grounded.tsv
     """
-    from priorscope.engine.analysis.export import export_grounded, parse_grounded_config
+    from priorscope.engine.analysis import GroundedConfig, export_grounded
 
-    cfg = parse_grounded_config(
+    cfg = GroundedConfig(
         clean_at=clean_at,
         wrong_below=wrong_below,
         severe=severe,
@@ -170,14 +164,14 @@ def report_cmd(
 
     Example: priorscope report runs/qwen.zarr --out report.html
     """
-    from priorscope.engine.analysis.decay import parse_decay_config
-    from priorscope.engine.report import parse_report_config, write_report
+    from priorscope.engine.analysis import DecayConfig
+    from priorscope.engine.report import ReportConfig, write_report
 
-    cfg = parse_report_config(
+    cfg = ReportConfig(
         n_flipped=flipped,
         n_invariant=invariant,
         dataset=dataset,
-        decay=parse_decay_config(by=by, n_boot=n_boot, scheduler=scheduler),
+        decay=DecayConfig(by=by, n_boot=n_boot, scheduler=scheduler),
     )
     res = write_report(store, out, cfg)
     for line in res.findings:
@@ -196,9 +190,9 @@ def demo_cmd(
 
     Example: priorscope demo --out demo_out
     """
-    from priorscope.engine.demo import parse_demo_config, run_demo
+    from priorscope.engine.demo import DemoConfig, run_demo
 
-    cfg = parse_demo_config(out=out, n=n, seed=seed, prior_rate=prior_rate, model=model)
+    cfg = DemoConfig(out=out, n=n, seed=seed, prior_rate=prior_rate, model=model)
     res = run_demo(cfg, console=console)
     console.print(decay_table(res.report.decay, title=f"Decay of {cfg.model}"))
     console.print("[bold]What it found[/bold] (check against the planted truth):")

@@ -21,6 +21,9 @@ COMMAND_MODULES = (
     "priorscope.cli.models",
     "priorscope.cli.capture",
     "priorscope.cli.analyze",
+    "priorscope.cli.probe",
+    "priorscope.cli.patch",
+    "priorscope.cli.sweep",
 )
 
 err_console = Console(stderr=True)

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from priorscope.engine.analysis.decay import DecayConfig
-from priorscope.engine.analysis.read import open_store, read_array, read_tables
 from priorscope.engine.conditions import DEFAULT_LADDER
 from priorscope.engine.errors import ConfigMismatchError, UsageError
-from priorscope.engine.store import schema
+from priorscope.engine.store import Store, open_store
 
 VISUAL_TEMPLATES = ("color", "count", "presence")
 ORGANISM = "builtin:organism"
@@ -31,7 +30,7 @@ ORGANISM = "builtin:organism"
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """What the demo generates and captures."""
+    """What the demo generates and captures (validated on construction)."""
 
     out: Path = Path("priorscope_demo")
     n: int = 1000
@@ -44,26 +43,19 @@ class DemoConfig:
     model: str = ORGANISM
     layers: str = "all"
 
-
-def parse_demo_config(
-    *,
-    out: str | Path = "priorscope_demo",
-    n: int = 1000,
-    seed: int = 20261128,
-    prior_rate: float = 0.6,
-    **kwargs: Any,
-) -> DemoConfig:
-    """Return a validated DemoConfig; raise UsageError naming the bad argument."""
-    if not 10 <= n <= 100_000:
-        raise UsageError(f"Expected --n between 10 and 100000. Got {n} instead.")
-    if not 0.0 <= prior_rate <= 1.0:
-        raise UsageError(f"Expected --prior-rate in [0, 1]. Got {prior_rate} instead.")
-    if 1_000_003 <= seed < 1_000_003 + 1000 or seed == 7:
-        raise UsageError(
-            f"Expected a held-out seed. Got {seed}, which the organism's training or model card "
-            "uses. Pick another --seed."
-        )
-    return DemoConfig(out=Path(out), n=n, seed=seed, prior_rate=prior_rate, **kwargs)
+    def __post_init__(self) -> None:
+        if not 10 <= self.n <= 100_000:
+            raise UsageError(f"Expected n (--n) between 10 and 100000. Got {self.n} instead.")
+        if not 0.0 <= self.prior_rate <= 1.0:
+            raise UsageError(
+                f"Expected prior_rate (--prior-rate) in [0, 1]. Got {self.prior_rate} instead."
+            )
+        if 1_000_003 <= self.seed < 1_000_003 + 1000 or self.seed == 7:
+            raise UsageError(
+                f"Expected a held-out seed. Got {self.seed}, which the organism's training or "
+                "model card uses. Pick another --seed."
+            )
+        object.__setattr__(self, "out", Path(self.out))
 
 
 @dataclass(frozen=True)
@@ -149,14 +141,15 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> DemoResult:
     timings["capture"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    truth = planted_truth(store, config.prior_rate)
+    opened = open_store(store)
+    truth = planted_truth(opened, config.prior_rate)
     sentences = truth_sentences(truth)
-    grounded = export_grounded(store, out / "grounded_subset.tsv").out
+    grounded = export_grounded(opened, out / "grounded_subset.tsv").out
     report = write_report(
-        store,
+        opened,
         out / "report.html",
         ReportConfig(
-            decay=DecayConfig(by_category=True, n_boot=config.n_boot),
+            decay=DecayConfig(by="category", n_boot=config.n_boot),
             title="priorscope demo: the built-in organism on a held-out synthetic benchmark",
             findings=sentences,
         ),
@@ -173,20 +166,21 @@ def _rate(mask: np.ndarray) -> float | None:
     return float(mask.mean()) if mask.size else None
 
 
-def planted_truth(store: str | Path, prior_rate: float) -> dict[str, Any]:
+def planted_truth(store: Store | str | Path, prior_rate: float) -> dict[str, Any]:
     """Return per-template measured rates next to what was planted in the synthetic set.
 
-    For each template: n, accuracy at every condition, the chance rate (1 / distinct answers)
-    and majority rate of its golds, and the blind-answerable rate (right under the most severe
-    blur and total). For the prior template also the share of canonical answers under total,
-    and clean/total accuracy on the counter-prior items.
+    For each template: n, accuracy at every condition, the chance (1 / distinct gold answers,
+    decay's definition for open-ended items) and majority rate of its golds, and the
+    blind-answerable rate (right under the most severe blur and total). For the prior template
+    also the share of canonical answers under total, and clean/total accuracy on the
+    counter-prior items.
     """
     from priorscope.engine.analysis.decay import blind_answerable, resolve_levels
 
-    tables = read_tables(store)
-    group = open_store(store)
-    answer = read_array(group, schema.OUT_ANSWER, tables.rows)
-    score = read_array(group, schema.OUT_SCORE, tables.rows).astype(np.float64)
+    snap = open_store(store).snapshot()
+    tables = snap.examples()
+    answer = snap.outputs("answer")
+    score = snap.outputs("score").astype(np.float64)
     lv = resolve_levels(tables.conditions)
     correct = score >= 0.5
     blind = blind_answerable(correct, lv.severe, lv.total)
@@ -199,7 +193,7 @@ def planted_truth(store: str | Path, prior_rate: float) -> dict[str, Any]:
         out["templates"][name] = {
             "n": len(idx),
             "accuracy": {c: float(score[idx, k].mean()) for k, c in enumerate(lv.names)},
-            "chance_rate": 1.0 / max(1, len(counts)),
+            "chance": 1.0 / max(1, len(counts)),
             "majority_rate": max(counts.values()) / len(idx),
             "blind_answerable": _rate(blind[idx]),
         }
@@ -249,7 +243,7 @@ def truth_sentences(truth: dict[str, Any]) -> tuple[str, ...]:
             lines.append(
                 f"{name} template (needs the image): clean {_pct(v['accuracy']['clean'])}, "
                 f"total obfuscation {_pct(v['accuracy'][total])}; planted chance "
-                f"{_pct(v['chance_rate'])}, majority answer {_pct(v['majority_rate'])}."
+                f"{_pct(v['chance'])}, majority answer {_pct(v['majority_rate'])}."
             )
     if "control" in t:
         accs = [t["control"]["accuracy"][c] for c in names]

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from priorscope.engine.analysis import decay as D
-from priorscope.engine.analysis.answer_store import write_answer_store
 from priorscope.engine.conditions import build_conditions, parse_condition
 from priorscope.engine.errors import StoreError, UsageError
+from priorscope.engine.store import open_store, write_answer_store
 
 CONDS = build_conditions((0.04, 0.01), total=True, none=True)  # clean, b.01, b.04, total, none
 MC = ("w", "x", "y", "z")
@@ -56,7 +56,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def result(store):
-    return D.compute_decay(store, D.parse_decay_config(by="category", n_boot=200))
+    return D.compute_decay(store, D.DecayConfig(by="category", n_boot=200))
 
 
 def _v(group: D.GroupResult, name: str) -> np.ndarray:
@@ -88,7 +88,8 @@ def test_accuracy_invariance_and_auc_by_hand(result) -> None:
 def test_blind_answerable_gain_and_inflation_by_hand(result) -> None:
     m = result.group("m")
     assert _v(m, "blind_answerable") == pytest.approx(0.5)  # e0 and e3
-    assert _v(m, "chance") == pytest.approx(0.25)
+    assert _v(m, "chance") == pytest.approx(0.25)  # 1 / four options
+    assert _v(m, "majority_rate") == pytest.approx(0.25)  # golds A-D once each: "A" wins ties
     assert _v(m, "blind_answerable_adjusted") == pytest.approx(0.25)
     assert _v(m, "visual_gain") == pytest.approx(0.0)
     assert _v(m, "multimodal_gain") == pytest.approx(0.5)
@@ -101,18 +102,43 @@ def test_blind_answerable_gain_and_inflation_by_hand(result) -> None:
     np.testing.assert_allclose(_v(m, "extraction_failure"), [0, 0, 0, 0, 0.25])
 
 
-def test_open_ended_chance_is_majority_answer_of_the_group(result) -> None:
+def test_open_ended_chance_is_a_uniform_guess_and_majority_rate_apart(result) -> None:
     o = result.group("o")
-    assert _v(o, "chance") == pytest.approx(2 / 3)  # "yes" is right on two of three
+    assert _v(o, "chance") == pytest.approx(1 / 2)  # two distinct gold answers: yes, no
+    assert _v(o, "majority_rate") == pytest.approx(2 / 3)  # "yes" is right on two of three
     assert _v(o, "blind_answerable") == pytest.approx(2 / 3)
-    assert _v(o, "blind_answerable_adjusted") == pytest.approx(0.0)
-    assert _v(o, "leakage") == pytest.approx(0.0)
-    # Category y holds one item whose gold is "no": its own majority answer is right on it,
-    # while the model's constant "yes" is not, so blind-answerable sits one below chance.
+    # Always "yes" beats a uniform guess: that is a prior, and the adjusted rate shows it.
+    assert _v(o, "blind_answerable_adjusted") == pytest.approx(2 / 3 - 1 / 2)
+    assert _v(o, "leakage") == pytest.approx(2 / 3 - 1 / 2)
+    # Category y holds one item whose gold is "no": one candidate answer, chance 1, while the
+    # model's constant "yes" is wrong, so blind-answerable sits one below chance.
     y = result.group("o", "y")
     assert y.n == 1 and _v(y, "chance") == pytest.approx(1.0)
+    assert _v(y, "majority_rate") == pytest.approx(1.0)
     assert _v(y, "blind_answerable_adjusted") == pytest.approx(-1.0)
     assert _v(result.group("m", "q"), "accuracy")[0] == pytest.approx(0.5)
+
+
+def test_result_reads_like_the_cli_from_python(store, result) -> None:
+    est = result.metric("blind_answerable", benchmark="m")
+    assert est.value == pytest.approx(0.5) and est.low <= est.value <= est.high
+    assert str(est).startswith("50.0% [")
+    assert result.metric("accuracy", "m", condition="blur@0.04").value == pytest.approx(0.5)
+    curve = result.curve("accuracy", "m")
+    assert list(curve) == list(result.levels.names) and curve["clean"].value == pytest.approx(0.75)
+    frame = result.to_frame(intervals=True)
+    row = frame[(frame.benchmark == "m") & frame.category.isna()].iloc[0]
+    assert row["blind_answerable"] == pytest.approx(0.5) and row["n"] == 4
+    assert row["accuracy@total"] == pytest.approx(0.75)
+    assert row["flip_distribution@never"] == pytest.approx(0.25)
+    assert row["chance_low"] <= row["chance"] <= row["chance_high"]
+    with pytest.raises(UsageError, match="benchmark=NAME"):
+        result.metric("chance")
+    with pytest.raises(UsageError, match="condition=NAME"):
+        result.metric("accuracy", "m")
+    # A Store works wherever a path does, with the same numbers.
+    again = D.compute_decay(open_store(store), D.DecayConfig(by="category", n_boot=200))
+    assert again.metric("majority_rate", "o") == result.metric("majority_rate", "o")
 
 
 def test_per_example_table(result) -> None:
@@ -134,9 +160,9 @@ def test_intervals_contain_value_are_seeded_and_degenerate_when_constant(store, 
     o = result.group("o")
     # Every item answered "yes" everywhere: invariance is 1 in every resample.
     assert np.asarray(o.low["invariance"]) == pytest.approx(np.ones(5))
-    again = D.compute_decay(store, D.parse_decay_config(by="category", n_boot=200))
+    again = D.compute_decay(store, D.DecayConfig(by="category", n_boot=200))
     assert np.array_equal(again.group("m").low["accuracy"], result.group("m").low["accuracy"])
-    other = D.compute_decay(store, D.parse_decay_config(n_boot=200, seed=1))
+    other = D.compute_decay(store, D.DecayConfig(n_boot=200, seed=1))
     assert not np.array_equal(other.group("m").low["accuracy"], result.group("m").low["accuracy"])
 
 
@@ -155,7 +181,7 @@ def test_bootstrap_interval_matches_binomial_width(tmp_path) -> None:
         score=score,
         options=[("a", "b")] * n,
     )
-    g = D.compute_decay(path, D.parse_decay_config(n_boot=2000)).groups[0]
+    g = D.compute_decay(path, D.DecayConfig(n_boot=2000)).groups[0]
     half = 1.96 * np.sqrt(0.25 / n)
     assert g.low["accuracy"][0] == pytest.approx(0.5 - half, abs=0.012)
     assert g.high["accuracy"][0] == pytest.approx(0.5 + half, abs=0.012)
@@ -184,7 +210,7 @@ def test_uncommitted_rows_are_left_out_and_counted(tmp_path) -> None:
         score=_score(M_ANSWER, M_GOLD),
         done=[True, True, False, True],
     )
-    r = D.compute_decay(path, D.parse_decay_config(n_boot=50))
+    r = D.compute_decay(path, D.DecayConfig(n_boot=50))
     assert r.n_uncommitted == 1 and r.groups[0].n == 3
     np.testing.assert_allclose(r.groups[0].values["accuracy"][0], 2 / 3)
 
@@ -203,9 +229,14 @@ def test_bad_scores_and_configs_are_refused(tmp_path) -> None:
     with pytest.raises(StoreError, match=r"example 2, condition 1"):
         D.compute_decay(path)
     with pytest.raises(UsageError, match="--by"):
-        D.parse_decay_config(by="template")
+        D.DecayConfig(by="template")
     with pytest.raises(UsageError, match="--correct-at"):
-        D.parse_decay_config(correct_at=0)
+        D.DecayConfig(correct_at=0)
+    # Checked in Python as on the CLI: the dataclass validates itself.
+    with pytest.raises(UsageError, match=r"n_boot \(--n-boot\) of at least 10"):
+        D.DecayConfig(n_boot=1)
+    with pytest.raises(UsageError, match="--ci"):
+        D.DecayConfig(ci=1.0)
     with pytest.raises(StoreError, match="no such path"):
         D.compute_decay(tmp_path / "missing.zarr")
 

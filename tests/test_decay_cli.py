@@ -2,48 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
-import numpy as np
 import pytest
+from store_support import synth_answer_store
 
 from priorscope.cli.main import main
-from priorscope.engine.analysis.answer_store import write_answer_store
-from priorscope.engine.conditions import build_conditions
-from priorscope.engine.data import synth
+from priorscope.engine.data import Example, synth
 
 N = 20
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("cli")
     examples = synth.generate(synth.SynthConfig(n=N, seed=5, size=48))
-    tsv = synth.write_tsv(examples, root / "s.tsv")
-    gold = [e.answers[0] for e in examples]
-    # Right on clean and blur@0.02 for every item; under total right on even rows only.
-    answer = np.array([[g, g, g if i % 2 == 0 else "zzz"] for i, g in enumerate(gold)])
-    score = (answer == np.array(gold)[:, None]).astype(np.float32)
-    return write_answer_store(
-        root / "s.zarr",
-        conditions=build_conditions((0.02,), total=True),
-        ids=[e.id for e in examples],
-        gold=[[g] for g in gold],
-        answer=answer,
-        score=score,
-        benchmark="synth",
-        category=[e.category for e in examples],
-        source_row=list(range(N)),
-        attrs={
-            "dataset": {
-                "files": [str(tsv)],
-                "format": "vlmevalkit-tsv",
-                "count": N,
-                "sha256": hashlib.sha256(tsv.read_bytes()).hexdigest(),
-            }
-        },
-    )
+
+    def answer_of(i: int, e: Example) -> list[str]:
+        # Right on clean and blur@0.02 for every item; under total right on even rows only.
+        g = e.answers[0]
+        return [g, g, g if i % 2 == 0 else "zzz"]
+
+    root = tmp_path_factory.mktemp("cli")
+    return synth_answer_store(root, examples, ladder=(0.02,), answer_of=answer_of)
 
 
 def test_decay_prints_and_writes_json(store, tmp_path, capsys) -> None:
@@ -65,7 +45,7 @@ def test_export_grounded_writes_the_odd_rows(store, tmp_path, capsys) -> None:
     assert main(["export-grounded", str(store), "--out", str(out), "--no-severe"]) == 0
     assert f"Wrote {N // 2} of {N}" in capsys.readouterr().out
     lines = out.read_text().splitlines()
-    source = (store.parent / "s.tsv").read_text().splitlines()
+    source = (store.parent / "synth.tsv").read_text().splitlines()
     assert lines == [source[0], *(source[1 + i] for i in range(1, N, 2))]
 
 

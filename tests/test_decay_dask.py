@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from priorscope.engine.analysis import decay as D
-from priorscope.engine.analysis.answer_store import write_answer_store
-from priorscope.engine.analysis.read import read_outputs, read_tables
 from priorscope.engine.conditions import build_conditions
+from priorscope.engine.store import open_store, write_answer_store
 
 N = 12_000
 CHUNK = 500
@@ -55,14 +54,16 @@ def _same(a: D.DecayResult, b: D.DecayResult) -> None:
 
 
 def test_reads_are_chunked_along_examples(big_store) -> None:
-    tables = read_tables(big_store)
-    out = read_outputs(big_store, tables.rows, chunk_rows=CHUNK)
-    assert out.answer.numblocks[0] >= N // CHUNK - 1
-    assert out.score.shape == (tables.n, 7)
+    store = open_store(big_store)
+    answer = store.outputs_dask("answer", chunk_rows=CHUNK)
+    assert answer.numblocks[0] >= N // CHUNK - 1
+    assert store.outputs_dask("score").shape == (store.examples().n, 7)
+    # Lazy and eager reads see the same committed rows.
+    assert np.array_equal(answer.compute(), store.outputs("answer"))
 
 
 def test_threads_scheduler_equals_in_memory(big_store) -> None:
-    cfg = D.parse_decay_config(by="category", n_boot=60, chunk_rows=CHUNK)
+    cfg = D.DecayConfig(by="category", n_boot=60, chunk_rows=CHUNK)
     _same(D.compute_decay(big_store, cfg, in_memory=True), D.compute_decay(big_store, cfg))
 
 
@@ -76,7 +77,7 @@ def test_distributed_cluster_equals_in_memory(big_store) -> None:
         dashboard_address=None,
         memory_limit="1GiB",
     ) as cluster:
-        cfg = D.parse_decay_config(n_boot=60, chunk_rows=CHUNK, scheduler=cluster.scheduler_address)
+        cfg = D.DecayConfig(n_boot=60, chunk_rows=CHUNK, scheduler=cluster.scheduler_address)
         lazy = D.compute_decay(big_store, cfg)
     _same(D.compute_decay(big_store, cfg, in_memory=True), lazy)
     acc = lazy.group("alpha").values["accuracy"]

@@ -13,11 +13,10 @@ import math
 
 import numpy as np
 import pytest
+from store_support import synth_answer_store
 
-from priorscope.engine.analysis.answer_store import write_answer_store
-from priorscope.engine.analysis.decay import compute_decay, parse_decay_config
-from priorscope.engine.conditions import build_conditions
-from priorscope.engine.data import synth
+from priorscope.engine.analysis.decay import DecayConfig, compute_decay
+from priorscope.engine.data import Example, synth
 
 PRIOR_RATE = 0.55  # not the organism's training rate (0.8): nothing here may depend on it
 N = 1000
@@ -35,26 +34,16 @@ def examples():
 
 @pytest.fixture(scope="module")
 def result(examples, tmp_path_factory: pytest.TempPathFactory):
-    conds = build_conditions((0.02, 0.16), total=True)
-    gold = [e.answers[0] for e in examples]
-    answers = []
-    for e, g in zip(examples, gold, strict=True):
-        t = e.metadata["template"]
+    def answer_of(_: int, e: Example) -> list[str]:
+        t, g = e.metadata["template"], e.answers[0]
         blind = e.metadata["canonical"] if t in ("prior", "control") else GUESS[t]
-        answers.append([g, g, g, blind])
-    answer = np.array(answers)
-    store = write_answer_store(
-        tmp_path_factory.mktemp("validity") / "s.zarr",
-        conditions=conds,
-        ids=[e.id for e in examples],
-        gold=[list(e.answers) for e in examples],
-        answer=answer,
-        score=(answer == np.array(gold)[:, None]).astype(np.float32),
-        benchmark="synth",
-        category=[e.category for e in examples],
-        chunk_rows=128,
+        return [g, g, g, blind]
+
+    root = tmp_path_factory.mktemp("validity")
+    store = synth_answer_store(
+        root, examples, ladder=(0.02, 0.16), answer_of=answer_of, chunk_rows=128
     )
-    return compute_decay(store, parse_decay_config(by="category", n_boot=300))
+    return compute_decay(store, DecayConfig(by="category", n_boot=300))
 
 
 def test_prior_template_blind_rate_recovers_the_planted_rate(result) -> None:
@@ -73,11 +62,17 @@ def test_visual_templates_are_at_chance_or_majority_under_total(result, examples
         acc = float(g.values["accuracy"][total])
         golds = [e.answers[0] for e in examples if e.metadata["template"] == name]
         assert acc == pytest.approx(golds.count(GUESS[name]) / len(golds)), name
-        chance = float(g.values["chance"])  # the category's majority-answer rate
+        chance, majority = float(g.values["chance"]), float(g.values["majority_rate"])
         n_answers = len(set(golds))
-        near_uniform = abs(acc - 1 / n_answers) <= _interval(1 / n_answers, g.n)
-        assert acc <= chance and (near_uniform or abs(acc - chance) <= _interval(chance, g.n))
-        assert float(g.values["blind_answerable_adjusted"]) <= _interval(chance, g.n)
+        assert chance == pytest.approx(1 / n_answers)  # a uniform guess among the answers
+        assert majority == pytest.approx(max(golds.count(a) for a in golds) / len(golds))
+        near_uniform = abs(acc - chance) <= _interval(chance, g.n)
+        assert acc <= majority and (near_uniform or abs(acc - majority) <= _interval(majority, g.n))
+        # A constant guess is blind-answerable exactly where it hits: its share minus chance,
+        # never more than the best constant guess (the majority answer) gains over chance.
+        adjusted = float(g.values["blind_answerable_adjusted"])
+        assert adjusted == pytest.approx(acc - chance)
+        assert adjusted <= majority - chance + 1e-12
         assert float(g.values["accuracy"][result.levels.clean]) == 1.0
 
 

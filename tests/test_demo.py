@@ -86,14 +86,13 @@ def test_prior_template_blind_rate_matches_the_model_card(demo) -> None:
 
 def _total_answers(demo, template: str) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
     """Return (the answer extracted under total, first gold answer) of the template's rows."""
-    from priorscope.engine.analysis.read import read_outputs, read_tables
+    from priorscope.engine import open_store
 
-    tables = read_tables(demo.store)
-    col = tables.condition_index("total")
-    assert col is not None
-    extracted = read_outputs(demo.store, tables.rows).answer[:, col].compute()
-    rows = [i for i, meta in enumerate(tables.metadata) if meta.get("template") == template]
-    return [str(extracted[i]) for i in rows], [tables.gold[i][0] for i in rows]
+    store = open_store(demo.store)
+    table = store.examples()
+    extracted = store.outputs("answer")[:, store.condition_index("total")]
+    rows = [i for i, t in enumerate(table.column("template")) if t == template]
+    return [str(extracted[i]) for i in rows], [table.gold[i][0] for i in rows]
 
 
 @pytest.mark.slow

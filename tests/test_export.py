@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from priorscope.engine.analysis.answer_store import write_answer_store
-from priorscope.engine.analysis.export import export_grounded, parse_grounded_config
+from priorscope.engine.analysis.export import GroundedConfig, export_grounded
 from priorscope.engine.conditions import build_conditions
 from priorscope.engine.data import load
 from priorscope.engine.errors import StoreError, UsageError
+from priorscope.engine.store import write_answer_store
 
 CONDS = build_conditions((0.02, 0.08), total=True)  # clean, blur@0.02, blur@0.08, total
 # Scores per data row: clean, blur@0.02, blur@0.08 (severe), total.
@@ -95,25 +95,25 @@ def test_tsv_rows_are_byte_identical_and_references_inlined(tmp_path, terminator
 def test_thresholds_and_requirements_are_configurable(tmp_path) -> None:
     _write_tsv(tmp_path / "bench.tsv")
     store = _store(tmp_path, tmp_path / "bench.tsv", "tsv")
-    only_total = parse_grounded_config(require_severe=False)
+    only_total = GroundedConfig(require_severe=False)
     assert export_grounded(store, tmp_path / "a.tsv", only_total).selected_ids == (
         "100",
         "103",
         "105",
     )
-    only_severe = parse_grounded_config(require_total=False)
+    only_severe = GroundedConfig(require_total=False)
     assert export_grounded(store, tmp_path / "b.tsv", only_severe).selected_ids == (
         "100",
         "103",
         "104",
         "105",
     )
-    mild = parse_grounded_config(severe="blur@0.02")
+    mild = GroundedConfig(severe="blur@0.02")
     assert export_grounded(store, tmp_path / "c.tsv", mild).selected_ids == ("103",)
     with pytest.raises(UsageError, match="--wrong-below"):
-        parse_grounded_config(wrong_below=0)
+        GroundedConfig(wrong_below=0)
     with pytest.raises(UsageError, match="at least one"):
-        parse_grounded_config(require_severe=False, require_total=False)
+        GroundedConfig(require_severe=False, require_total=False)
 
 
 def test_changed_or_missing_dataset_is_refused(tmp_path) -> None:
@@ -125,9 +125,7 @@ def test_changed_or_missing_dataset_is_refused(tmp_path) -> None:
     (tmp_path / "bench.tsv").rename(tmp_path / "moved.tsv")
     with pytest.raises(StoreError, match="--dataset"):
         export_grounded(moved, tmp_path / "x.tsv")
-    res = export_grounded(
-        moved, tmp_path / "x.tsv", parse_grounded_config(dataset=tmp_path / "moved.tsv")
-    )
+    res = export_grounded(moved, tmp_path / "x.tsv", GroundedConfig(dataset=tmp_path / "moved.tsv"))
     assert len(res.selected_ids) == 3
 
 

@@ -20,26 +20,59 @@ from priorscope.engine.errors import UnknownNameError, UsageError
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _python(code: str, cwd: Path) -> str:
+    """Return the stdout of ``code`` run by a fresh interpreter in ``cwd``."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=cwd
+    )
+    return out.stdout.strip()
+
+
 def test_namespaces_import_and_bare_kernels_is_not_ours(tmp_path: Path) -> None:
     code = (
         "import importlib.util, priorscope.engine, priorscope.kernels, priorscope.cli\n"
         "spec = importlib.util.find_spec('kernels')\n"
         "print('none' if spec is None else spec.origin)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
-    )
-    origin = out.stdout.strip()
+    origin = _python(code, tmp_path)
     assert origin == "none" or not origin.startswith(str(REPO))
 
 
 def test_transformers_does_not_mistake_our_kernels_folder_for_its_hub_package() -> None:
     # Run from the repository root, where a bare 'kernels' folder sits on sys.path via cwd.
     code = "from transformers.utils.import_utils import is_kernels_available as f; print(f())"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    assert _python(code, REPO) == "False"
+
+
+def test_engine_exports_what_a_researcher_types_and_imports_cheaply(tmp_path: Path) -> None:
+    code = (
+        "import sys, priorscope.engine\n"
+        "assert 'torch' not in sys.modules and 'zarr' not in sys.modules\n"
+        "from priorscope.engine.capture import CaptureConfig as C\n"  # the subpackage first
+        "from priorscope.engine import open_store, capture, CaptureConfig, compute_decay, "
+        "DecayConfig, export_grounded, write_report, load_model\n"
+        "from priorscope.engine.capture.run import capture as real\n"
+        "assert capture is real and CaptureConfig is C and callable(load_model)\n"
+        "print('ok')\n"
     )
-    assert out.stdout.strip() == "False"
+    assert _python(code, tmp_path) == "ok"
+
+
+@pytest.mark.parametrize(
+    ("config", "kwargs", "needle"),
+    [
+        ("DecayConfig", {"n_boot": 1}, r"n_boot \(--n-boot\)"),
+        ("DecayConfig", {"by": "template"}, "--by"),
+        ("GroundedConfig", {"clean_at": 2.0}, "clean_at"),
+        ("ReportConfig", {"n_flipped": 99}, "n_flipped"),
+        ("DemoConfig", {"seed": 7}, "held-out seed"),
+    ],
+)
+def test_configs_validate_themselves_in_python(config: str, kwargs: dict, needle: str) -> None:
+    import priorscope.engine as engine
+
+    with pytest.raises(UsageError, match=needle):
+        getattr(engine, config)(**kwargs)
 
 
 def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:

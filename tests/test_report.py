@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -11,11 +10,10 @@ import subprocess
 import numpy as np
 import pytest
 from PIL import Image
+from store_support import synth_answer_store
 
-from priorscope.engine.analysis.answer_store import write_answer_store
-from priorscope.engine.conditions import build_conditions
-from priorscope.engine.data import synth
-from priorscope.engine.report import parse_report_config, write_report
+from priorscope.engine.data import Example, synth
+from priorscope.engine.report import ReportConfig, write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 N = 40
@@ -24,38 +22,27 @@ N = 40
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("report")
-    examples = synth.generate(synth.SynthConfig(n=N, seed=11, size=64))
-    tsv = synth.write_tsv(examples, root / "synth.tsv")
-    conds = build_conditions((0.02, 0.08), total=True, none=True)
     rng = np.random.default_rng(0)
-    gold = [e.answers[0] for e in examples]
-    # A model that sees the image until blur@0.08 on half the items, then guesses "red".
-    answer = np.array([[g, g, g if i % 2 else "red", "red", "red"] for i, g in enumerate(gold)])
-    answer[rng.random(answer.shape) < 0.05] = ""
-    score = (answer == np.array(gold)[:, None]).astype(np.float32)
-    store = write_answer_store(
-        root / "s.zarr",
-        conditions=conds,
-        ids=[e.id for e in examples],
-        gold=[list(e.answers) for e in examples],
-        answer=answer,
-        score=score,
-        benchmark="synth",
-        category=[e.category for e in examples],
-        question=[e.question for e in examples],
-        source_row=list(range(N)),
+
+    def answer_of(i: int, e: Example) -> list[str]:
+        # A model that sees the image until blur@0.08 on half the items, then guesses "red";
+        # about 5% of its answers cannot be extracted.
+        g = e.answers[0]
+        row = [g, g, g if i % 2 else "red", "red", "red"]
+        return ["" if rng.random() < 0.05 else a for a in row]
+
+    store = synth_answer_store(
+        root,
+        synth.generate(synth.SynthConfig(n=N, seed=11, size=64)),
+        ladder=(0.02, 0.08),
+        none=True,
+        answer_of=answer_of,
         attrs={
-            "dataset": {
-                "files": [str(tsv)],
-                "format": "vlmevalkit-tsv",
-                "count": N,
-                "sha256": [hashlib.sha256(tsv.read_bytes()).hexdigest()],
-            },
             "model": {"path": "builtin:test", "family": "qwen2_5_vl"},
             "prompt_template": "<|im_start|>user <image> {question}",
         },
     )
-    cfg = parse_report_config(n_flipped=2, n_invariant=2)
+    cfg = ReportConfig(n_flipped=2, n_invariant=2)
     return write_report(store, root / "out" / "report.html", cfg)
 
 
@@ -155,3 +142,25 @@ def test_renders_in_headless_chromium_with_its_images(report, tmp_path) -> None:
     with Image.open(shot) as im:
         pixels = np.asarray(im.convert("RGB"), dtype=float)
     assert pixels.std() > 5  # not a blank page
+
+
+def test_later_analyses_are_found_beside_the_store(report, tmp_path) -> None:
+    from priorscope.engine.analysis import DecayConfig
+    from priorscope.engine.store import ArraySpec, GroupSpec, open_results, results_path
+
+    store = report.decay.store
+    spec = GroupSpec(
+        "report_test_probes",
+        "tests",
+        (ArraySpec("accuracy", ("layer",), "float32"),),
+        "probe accuracy by layer",
+        store_kind="probes",
+    )
+    open_results(results_path(store, "probes"), spec)
+    cfg = ReportConfig(decay=DecayConfig(n_boot=20), n_flipped=0, n_invariant=0)
+    again = write_report(store, tmp_path / "again.html", cfg)
+    present = json.loads(again.json.read_text())["later_analyses"]
+    assert present == {
+        "Probes: where is the answer decodable?": True,
+        "Layer replacement: where is the visual evidence lost?": False,
+    }

@@ -21,6 +21,7 @@ from priorscope.engine.store import (
     StoreLayout,
     choose_shard_examples,
     create_store,
+    open_for_capture,
     open_store,
     rank_shards,
     schema,
@@ -120,7 +121,7 @@ def _make(path, layout: StoreLayout) -> zarr.Group:
         np.ones((2, 8), np.float32),
         {"kind": "rmsnorm", "eps": 1e-6, "weight": np.arange(8.0)},
     )
-    return zarr.open_group(str(path), mode="r+")
+    return open_for_capture(path)
 
 
 def _rows(layout: StoreLayout, indices: list[int], seed: int) -> tuple[BatchRows, torch.Tensor]:
@@ -187,7 +188,10 @@ def test_store_round_trip_commit_and_reader(tmp_path) -> None:
     assert np.array_equal(np.asarray(reader.hidden_dask()[:, :, 2].compute()), want[:, :, 2])
     fs = reader.fullseq(4)
     assert fs.values.shape == (130, 2, 2, 8) and fs.position_ids.shape == (3, 130)
-    assert list(reader.examples("id")) == [f"e{i}" for i in range(7)]
+    assert list(reader.examples().ids) == [f"e{i}" for i in range(7)]
+    # Columns the writer left out hold their defaults; source_row was given.
+    assert reader.examples().column("source_row").tolist() == list(range(7))
+    assert set(reader.examples().benchmark) == {""}
 
 
 def test_fullseq_offsets_are_block_aligned() -> None:

@@ -11,9 +11,13 @@ Vocabulary used by every docstring below:
   of the raw scores, so soft accuracy is reported as the benchmark defines it.
 * **answer**: the extracted answer string ("" when none could be extracted; two failed
   extractions therefore count as the same answer).
-* **chance** of an example: ``1 / number of options`` for multiple choice; otherwise 1 when the
-  most frequent gold answer of the group being reported (benchmark, or category within it) is
-  among the example's gold answers and 0 if not, i.e. the accuracy of always giving that answer.
+* **chance** of an example: the accuracy of a uniform guess among its candidate answers:
+  ``1 / number of options`` for multiple choice, ``1 / number of distinct gold answers`` of the
+  group being reported (benchmark, or category within it) for open-ended items. The same word
+  means the same number in the demo, the organism's evaluation and the report.
+* **majority rate** of an example: 1 when the most frequent gold answer of its group is among
+  its gold answers, else 0; its mean is the accuracy of always giving that one answer (the best
+  image-free constant guess, e.g. always "yes" on presence questions).
 
 Every metric functions accepts leading batch axes (``...``) before the example axis, so the same
 code gives the point estimate (no batch axis) and the bootstrap replicates (``[B, ...]``).
@@ -23,26 +27,21 @@ group with replacement, with a generator seeded by (seed, group).
 
 from __future__ import annotations
 
-import math
 import warnings
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from priorscope.engine.analysis.read import (
-    StoreTables,
-    finite_or_none,
-    read_array,
-    read_outputs,
-    read_tables,
-)
+from priorscope.engine.analysis.decay_json import finite_or_none
+from priorscope.engine.analysis.decay_result import DecayResult, Estimate, GroupResult, ci_cell
 from priorscope.engine.conditions import Condition
 from priorscope.engine.errors import StoreError, UsageError
+from priorscope.engine.store import ExampleTable, Store, open_store
 
 NEVER = 0  # flip position of an example whose answer never changes on the ladder
 
@@ -183,27 +182,49 @@ def blind_answerable(correct: np.ndarray, severe: int | None, total: int | None)
     return np.asarray(correct[..., cols].all(axis=-1))
 
 
+def _first_golds(gold: Sequence[Sequence[str]]) -> list[str | None]:
+    """Return each example's first gold answer, case-folded and stripped (None when none)."""
+    return [g[0].strip().casefold() if g else None for g in gold]
+
+
 def chance_rates(
     gold: Sequence[Sequence[str]], options: Sequence[Sequence[str]], groups: np.ndarray
 ) -> np.ndarray:
-    """Return each example's chance of being right with no information. [n] float.
+    """Return each example's chance: the accuracy of a uniform guess. [n] float.
 
-    Multiple choice: 1 / number of options. Open-ended: whether the most frequent gold answer of
-    the example's group (``groups`` [n] labels; ties broken alphabetically) is among its gold
-    answers, compared case-folded and stripped.
+    Multiple choice: 1 / number of options. Open-ended: 1 / number of distinct gold answers
+    among the open-ended examples of its group (``groups`` [n] labels), compared case-folded.
     """
-    norm = [tuple(a.strip().casefold() for a in g) for g in gold]
-    out = np.zeros(len(norm), dtype=np.float64)
+    first = _first_golds(gold)
+    out = np.zeros(len(first), dtype=np.float64)
     for label in np.unique(groups):
         members = [int(i) for i in np.flatnonzero(groups == label)]
-        open_members = [i for i in members if not options[i]]
-        counts = Counter(norm[i][0] for i in open_members if norm[i])
-        majority = min(counts, key=lambda a: (-counts[a], a)) if counts else None
+        distinct = {first[i] for i in members if not options[i] and first[i] is not None}
         for i in members:
             if options[i]:
                 out[i] = 1.0 / len(options[i])
-            else:
-                out[i] = float(majority is not None and majority in norm[i])
+            elif distinct:
+                out[i] = 1.0 / len(distinct)
+    return out
+
+
+def majority_rates(gold: Sequence[Sequence[str]], groups: np.ndarray) -> np.ndarray:
+    """Return whether the group's most frequent gold answer is among each example's. [n] float.
+
+    The mean over a group is the accuracy of always giving that answer; ties are broken
+    alphabetically and answers compared case-folded and stripped.
+    """
+    first = _first_golds(gold)
+    norm = [{a.strip().casefold() for a in g} for g in gold]
+    out = np.zeros(len(first), dtype=np.float64)
+    for label in np.unique(groups):
+        members = [int(i) for i in np.flatnonzero(groups == label)]
+        counts = Counter(first[i] for i in members if first[i] is not None)
+        if not counts:
+            continue
+        majority = min(counts, key=lambda a: (-counts[a], a))
+        for i in members:
+            out[i] = float(majority in norm[i])
     return out
 
 
@@ -257,6 +278,7 @@ class PerExample:
     invariant: np.ndarray  # [n, C] bool
     extracted: np.ndarray  # [n, C] bool
     chance: np.ndarray  # [n] float64
+    majority: np.ndarray  # [n] float64
     blind: np.ndarray  # [n] bool
     flip: np.ndarray  # [n] int
     strict: np.ndarray  # [n] bool
@@ -284,6 +306,7 @@ def group_statistics(ex: PerExample, levels: Levels) -> dict[str, np.ndarray]:
         "flip_distribution": flip_distribution(ex.flip, k),
         "became_correct_any_blur": _became_correct_any(ex.correct, levels),
         "chance": mean_chance,
+        "majority_rate": ex.majority.mean(axis=-1),
         "blind_answerable": blind_rate,
         "blind_answerable_adjusted": blind_rate - mean_chance,
         "accuracy_all": acc_clean,
@@ -353,11 +376,18 @@ def bootstrap_intervals(
 # The whole computation
 
 
+GROUPINGS = ("benchmark", "category")
+
+
 @dataclass(frozen=True)
 class DecayConfig:
-    """How to compute decay metrics: grouping, what counts as correct, and the bootstrap."""
+    """How to compute decay metrics: grouping, what counts as correct, and the bootstrap.
 
-    by_category: bool = False
+    ``by`` 'category' reports each benchmark and every category within it. Validated on
+    construction, so a config built in Python is checked exactly like one built by the CLI.
+    """
+
+    by: str = "benchmark"
     correct_at: float = 0.5
     severe: str | None = None
     n_boot: int = 1000
@@ -365,87 +395,38 @@ class DecayConfig:
     seed: int = 0
     chunk_rows: int | None = None  # dask chunking along examples; None keeps the store's
     scheduler: str | None = "threads"  # a dask scheduler name or a distributed Client address
+    by_category: bool | None = None  # the older spelling of by="category"; set from ``by``
+
+    def __post_init__(self) -> None:
+        if self.by_category is not None and self.by_category != (self.by == "category"):
+            if self.by != "benchmark":
+                raise UsageError(
+                    f"Expected by={self.by!r} or by_category={self.by_category}, not both "
+                    "disagreeing. Pass by='benchmark' or by='category' only."
+                )
+            object.__setattr__(self, "by", "category" if self.by_category else "benchmark")
+        if self.by not in GROUPINGS:
+            raise UsageError(
+                f"Expected by (--by) 'benchmark' or 'category'. Got {self.by!r} instead."
+            )
+        if not 0.0 < self.correct_at <= 1.0:
+            raise UsageError(
+                f"Expected correct_at (--correct-at) in (0, 1]. Got {self.correct_at} instead."
+            )
+        if self.n_boot < 10:
+            raise UsageError(
+                f"Expected n_boot (--n-boot) of at least 10. Got {self.n_boot} instead."
+            )
+        if not 0.5 <= self.ci < 1.0:
+            raise UsageError(f"Expected ci (--ci) in [0.5, 1), e.g. 0.95. Got {self.ci} instead.")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise UsageError(
+                f"Expected a positive chunk_rows (--chunk-rows). Got {self.chunk_rows} instead."
+            )
+        object.__setattr__(self, "by_category", self.by == "category")
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def parse_decay_config(
-    *,
-    by: str | None = None,
-    correct_at: float = 0.5,
-    severe: str | None = None,
-    n_boot: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
-    chunk_rows: int | None = None,
-    scheduler: str | None = "threads",
-) -> DecayConfig:
-    """Return a validated DecayConfig; raise UsageError naming the bad argument."""
-    if by not in (None, "benchmark", "category"):
-        raise UsageError(f"Expected --by 'benchmark' or 'category'. Got {by!r} instead.")
-    if not 0.0 < correct_at <= 1.0:
-        raise UsageError(f"Expected --correct-at in (0, 1]. Got {correct_at} instead.")
-    if n_boot < 10:
-        raise UsageError(f"Expected --n-boot of at least 10. Got {n_boot} instead.")
-    if not 0.5 <= ci < 1.0:
-        raise UsageError(f"Expected --ci in [0.5, 1), e.g. 0.95. Got {ci} instead.")
-    if chunk_rows is not None and chunk_rows < 1:
-        raise UsageError(f"Expected a positive chunk size. Got {chunk_rows} instead.")
-    return DecayConfig(
-        by_category=by == "category",
-        correct_at=correct_at,
-        severe=severe,
-        n_boot=n_boot,
-        ci=ci,
-        seed=seed,
-        chunk_rows=chunk_rows,
-        scheduler=scheduler,
-    )
-
-
-@dataclass(frozen=True)
-class GroupResult:
-    """The metrics of one benchmark (``category`` None) or one category within it."""
-
-    benchmark: str
-    category: str | None
-    n: int
-    values: dict[str, np.ndarray]
-    low: dict[str, np.ndarray]
-    high: dict[str, np.ndarray]
-
-    @property
-    def key(self) -> str:
-        return self.benchmark if self.category is None else f"{self.benchmark}/{self.category}"
-
-
-@dataclass(frozen=True)
-class DecayResult:
-    """Decay metrics of a store: one GroupResult per benchmark (and category), plus per example."""
-
-    store: Path
-    config: DecayConfig
-    levels: Levels
-    groups: tuple[GroupResult, ...]
-    examples: dict[str, np.ndarray] = field(default_factory=dict)
-    n_uncommitted: int = 0
-
-    def group(self, benchmark: str, category: str | None = None) -> GroupResult:
-        """Return the group of ``benchmark`` (and ``category``); raise UsageError if absent."""
-        for g in self.groups:
-            if g.benchmark == benchmark and g.category == category:
-                return g
-        raise UsageError(
-            f"Expected a group among {[g.key for g in self.groups]}. "
-            f"Got {benchmark!r}/{category!r} instead."
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """Return every number as plain JSON types (nan becomes null)."""
-        from priorscope.engine.analysis.decay_json import decay_to_json
-
-        return decay_to_json(self)
 
 
 def derive_per_example(
@@ -459,12 +440,14 @@ def derive_per_example(
 ) -> PerExample:
     """Return the per-example arrays of one group; chance is relative to this group's answers."""
     correct = correct_at_threshold(score, config.correct_at)
+    one_group = np.zeros(len(gold), dtype=np.int64)
     return PerExample(
         score=score.astype(np.float64),
         correct=correct,
         invariant=invariant,
         extracted=extracted.astype(bool),
-        chance=chance_rates(gold, options, np.zeros(len(gold), dtype=np.int64)),
+        chance=chance_rates(gold, options, one_group),
+        majority=majority_rates(gold, one_group),
         blind=blind_answerable(correct, levels.severe, levels.total),
         flip=flip_position(invariant, levels.ladder),
         strict=strict_invariant(invariant, levels.ladder),
@@ -472,7 +455,7 @@ def derive_per_example(
 
 
 def _read_compact(
-    path: Path, tables: StoreTables, levels: Levels, config: DecayConfig, in_memory: bool
+    store: Store, levels: Levels, config: DecayConfig, in_memory: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (score float32, invariant bool, extracted bool), each [n, C], for committed rows.
 
@@ -480,23 +463,18 @@ def _read_compact(
     these one-byte-per-cell results (and the float scores) are ever held for all examples.
     """
     if in_memory:
-        import zarr
-
-        from priorscope.engine.store import schema
-
-        group = zarr.open_group(str(path), mode="r")
-        rows = tables.rows
-        score = read_array(group, schema.OUT_SCORE, rows)
-        answer = read_array(group, schema.OUT_ANSWER, rows)
-        extracted = read_array(group, schema.OUT_EXTRACTED, rows)
-        return score.astype(np.float32), invariant_answers(answer, levels.clean), extracted
+        score = store.outputs("score").astype(np.float32)
+        invariant = invariant_answers(store.outputs("answer"), levels.clean)
+        return score, invariant, store.outputs("extracted").astype(bool)
     import dask
 
-    out = read_outputs(path, tables.rows, chunk_rows=config.chunk_rows)
-    inv = out.answer.map_blocks(
+    def lazy(name: str) -> Any:
+        return store.outputs_dask(name, chunk_rows=config.chunk_rows)
+
+    inv = lazy("answer").map_blocks(
         invariant_answers, levels.clean, dtype=bool, meta=np.empty((0, 0), dtype=bool)
     )
-    parts = (out.score.astype(np.float32), inv, out.extracted.astype(bool))
+    parts = (lazy("score").astype(np.float32), inv, lazy("extracted").astype(bool))
     address = config.scheduler or ""
     if "://" in address:
         # An existing dask.distributed cluster (e.g. tcp://host:8786): run the graph there.
@@ -510,26 +488,27 @@ def _read_compact(
 
 
 def compute_decay(
-    store: str | Path, config: DecayConfig | None = None, *, in_memory: bool = False
+    store: Store | str | Path, config: DecayConfig | None = None, *, in_memory: bool = False
 ) -> DecayResult:
     """Return the decay metrics of every benchmark (and category) of a store, with CIs.
 
-    ``in_memory`` reads whole arrays with zarr instead of through dask; both give equal numbers.
+    ``store`` is a Store or a path (opened once here). ``in_memory`` reads whole arrays
+    instead of through dask; both give equal numbers.
     """
     config = config or DecayConfig()
-    path = Path(store)
-    tables = read_tables(path)
+    # One snapshot of the commit log: the table and the outputs then see the same rows.
+    snap = open_store(store).snapshot()
+    tables = snap.examples()
     levels = resolve_levels(tables.conditions, config.severe)
     if tables.n == 0:
         raise StoreError(
-            f"Expected committed examples in store {str(path)!r}. Got none "
+            f"Expected committed examples in store {snap.path!r}. Got none "
             f"({tables.n_uncommitted} uncommitted). Let the capture finish or resume it."
         )
-    score, inv, extracted = _read_compact(path, tables, levels, config, in_memory)
-    _check_scores(score, path)
-    groups = _group_labels(tables, config.by_category)
+    score, inv, extracted = _read_compact(snap, levels, config, in_memory)
+    _check_scores(score, snap.path)
     results = []
-    for benchmark, category in groups:
+    for benchmark, category in _group_labels(tables, config.by == "category"):
         mask = np.array([b == benchmark for b in tables.benchmark])
         if category is not None:
             mask &= np.array([c == category for c in tables.category])
@@ -537,22 +516,22 @@ def compute_decay(
             _one_group(tables, score, inv, extracted, mask, levels, config, benchmark, category)
         )
     per_example = _per_example_table(tables, score, inv, extracted, levels, config)
-    return DecayResult(path, config, levels, tuple(results), per_example, tables.n_uncommitted)
+    return DecayResult(snap.path, config, levels, tuple(results), per_example, tables.n_uncommitted)
 
 
-def _check_scores(score: np.ndarray, path: Path) -> None:
+def _check_scores(score: np.ndarray, path: str) -> None:
     """Raise StoreError when a score lies outside [0, 1] or is nan."""
     bad = ~((score >= 0) & (score <= 1))
     if bad.any():
         row, col = (int(v) for v in np.argwhere(bad)[0])
         raise StoreError(
-            f"Expected outputs/score values in [0, 1] in store {str(path)!r}. Got "
+            f"Expected outputs/score values in [0, 1] in store {path!r}. Got "
             f"{score[row, col]} at committed example {row}, condition {col}. "
             "Run 'priorscope store verify'."
         )
 
 
-def _group_labels(tables: StoreTables, by_category: bool) -> list[tuple[str, str | None]]:
+def _group_labels(tables: ExampleTable, by_category: bool) -> list[tuple[str, str | None]]:
     """Return the (benchmark, category) groups to report, benchmarks first, sorted."""
     out: list[tuple[str, str | None]] = [(b, None) for b in sorted(set(tables.benchmark))]
     if by_category:
@@ -562,7 +541,7 @@ def _group_labels(tables: StoreTables, by_category: bool) -> list[tuple[str, str
 
 
 def _one_group(
-    tables: StoreTables,
+    tables: ExampleTable,
     score: np.ndarray,
     inv: np.ndarray,
     extracted: np.ndarray,
@@ -574,8 +553,8 @@ def _one_group(
 ) -> GroupResult:
     """Return the GroupResult of the examples selected by ``mask`` [n]."""
     idx = np.flatnonzero(mask)
-    # Within a category the chance level is that category's own majority answer: it is what a
-    # prior-only model reaches on those items (e.g. always "yes" on presence questions).
+    # Chance and majority rate are those of this group's own answers: always "yes" is worth
+    # more on presence questions than on the benchmark as a whole.
     ex = derive_per_example(
         [tables.gold[i] for i in idx],
         [tables.options[i] for i in idx],
@@ -601,7 +580,7 @@ def _one_group(
 
 
 def _per_example_table(
-    tables: StoreTables,
+    tables: ExampleTable,
     score: np.ndarray,
     inv: np.ndarray,
     extracted: np.ndarray,
@@ -628,19 +607,11 @@ def _per_example_table(
     }
 
 
-def ci_cell(value: float, low: float, high: float) -> str:
-    """Return 'v [lo, hi]' in percent for a table cell; '—' when the value is not a number."""
-    if value is None or not math.isfinite(value):
-        return "—"
-    lo = "?" if not math.isfinite(low) else f"{100 * low:.1f}"
-    hi = "?" if not math.isfinite(high) else f"{100 * high:.1f}"
-    return f"{100 * value:.1f} [{lo}, {hi}]"
-
-
 __all__ = [
     "NEVER",
     "DecayConfig",
     "DecayResult",
+    "Estimate",
     "GroupResult",
     "Levels",
     "PerExample",
@@ -660,9 +631,9 @@ __all__ = [
     "group_statistics",
     "invariance",
     "invariant_answers",
+    "majority_rates",
     "mmstar_gain_and_leakage",
     "normalised_auc",
-    "parse_decay_config",
     "resolve_levels",
     "strict_invariant",
 ]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from priorscope.engine.analysis.read import finite_or_none
-
 if TYPE_CHECKING:
-    from priorscope.engine.analysis.decay import DecayResult, GroupResult
+    from priorscope.engine.analysis.decay_result import DecayResult, GroupResult
 
 # Metrics with one value per condition (the store's condition axis).
 PER_CONDITION = ("accuracy", "invariance", "became_correct", "extraction_failure")
@@ -20,6 +19,7 @@ SCALARS = (
     "blind_answerable",
     "blind_answerable_adjusted",
     "chance",
+    "majority_rate",
     "visual_gain",
     "multimodal_gain",
     "leakage",
@@ -28,6 +28,12 @@ SCALARS = (
     "inflation",
     "became_correct_any_blur",
 )
+
+
+def finite_or_none(x: float) -> float | None:
+    """Return ``x`` as a plain float, or None when it is nan or infinite (for JSON)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def _estimate(value: Any, low: Any, high: Any) -> dict[str, float | None]:
@@ -78,7 +84,7 @@ def decay_to_json(result: DecayResult) -> dict[str, Any]:
     n = len(result.examples.get("id", ()))
     examples = [{c: _plain(result.examples[c][i]) for c in columns} for i in range(n)]
     return {
-        "store": str(result.store),
+        "store": result.store,
         "config": result.config.to_json(),
         "conditions": list(names),
         "ladder": list(ladder),

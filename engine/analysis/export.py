@@ -23,20 +23,23 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from priorscope.engine.analysis.decay import resolve_levels
-from priorscope.engine.analysis.read import StoreTables, open_store, read_array, read_tables
 from priorscope.engine.data.export import export_source_rows
 from priorscope.engine.data.formats import detect_format, parse_format
 from priorscope.engine.errors import StoreError, UsageError
-from priorscope.engine.store import schema
+from priorscope.engine.store import ExampleTable, Store, open_store
 
 
 @dataclass(frozen=True)
 class GroundedConfig:
-    """Which items count as grounded: correct on clean, wrong when the image is destroyed."""
+    """Which items count as grounded: correct on clean, wrong when the image is destroyed.
+
+    Validated on construction, so a config built in Python is checked like the CLI's.
+    """
 
     clean_at: float = 0.5  # correct on clean when score >= clean_at
     wrong_below: float = 0.5  # wrong under obfuscation when score < wrong_below
@@ -45,33 +48,20 @@ class GroundedConfig:
     require_total: bool = True
     dataset: Path | None = None  # the input file, when it moved since capture
 
-
-def parse_grounded_config(
-    *,
-    clean_at: float = 0.5,
-    wrong_below: float = 0.5,
-    severe: str | None = None,
-    require_severe: bool = True,
-    require_total: bool = True,
-    dataset: str | Path | None = None,
-) -> GroundedConfig:
-    """Return a validated GroundedConfig; raise UsageError naming the bad argument."""
-    for name, value in (("--clean-at", clean_at), ("--wrong-below", wrong_below)):
-        if not 0.0 < value <= 1.0:
-            raise UsageError(f"Expected {name} in (0, 1]. Got {value} instead.")
-    if not (require_severe or require_total):
-        raise UsageError(
-            "Expected at least one of severe and total obfuscation to be required. Got neither. "
-            "Drop --no-severe or --no-total."
-        )
-    return GroundedConfig(
-        clean_at,
-        wrong_below,
-        severe,
-        require_severe,
-        require_total,
-        None if dataset is None else Path(dataset),
-    )
+    def __post_init__(self) -> None:
+        for name, flag, value in (
+            ("clean_at", "--clean-at", self.clean_at),
+            ("wrong_below", "--wrong-below", self.wrong_below),
+        ):
+            if not 0.0 < value <= 1.0:
+                raise UsageError(f"Expected {name} ({flag}) in (0, 1]. Got {value} instead.")
+        if not (self.require_severe or self.require_total):
+            raise UsageError(
+                "Expected at least one of severe and total obfuscation to be required. Got "
+                "neither. Drop --no-severe or --no-total (require_severe, require_total)."
+            )
+        if self.dataset is not None and not isinstance(self.dataset, Path):
+            object.__setattr__(self, "dataset", Path(self.dataset))
 
 
 @dataclass(frozen=True)
@@ -85,7 +75,7 @@ class ExportResult:
     inlined_images: int
 
 
-def grounded_mask(score: np.ndarray, tables: StoreTables, config: GroundedConfig) -> np.ndarray:
+def grounded_mask(score: np.ndarray, tables: ExampleTable, config: GroundedConfig) -> np.ndarray:
     """Return which committed examples are grounded. score [n, C] -> [n] bool."""
     levels = resolve_levels(tables.conditions, config.severe)
     keep = score[:, levels.clean] >= config.clean_at
@@ -105,15 +95,17 @@ def grounded_mask(score: np.ndarray, tables: StoreTables, config: GroundedConfig
 
 
 def export_grounded(
-    store: str | Path, out: str | Path, config: GroundedConfig | None = None
+    store: Store | str | Path, out: str | Path, config: GroundedConfig | None = None
 ) -> ExportResult:
-    """Return what was written after exporting the grounded items of ``store`` to ``out``."""
+    """Return what was written after exporting the grounded items of ``store`` to ``out``.
+
+    ``store`` is a Store or a path (opened once here).
+    """
     config = config or GroundedConfig()
-    tables = read_tables(store)
-    group = open_store(store)
-    score = read_array(group, schema.OUT_SCORE, tables.rows).astype(np.float32)
-    mask = grounded_mask(score, tables, config)
-    source, fmt = _dataset_file(tables, config)
+    snap = open_store(store).snapshot()
+    tables = snap.examples()
+    mask = grounded_mask(snap.outputs("score").astype(np.float32), tables, config)
+    source, fmt = _dataset_file(snap.attrs, config)
     rows = tables.source_row[mask]
     if (rows < 0).any():
         raise StoreError(
@@ -127,16 +119,23 @@ def export_grounded(
     return ExportResult(out_path, fmt, ids, tables.n, inlined)
 
 
-def _dataset_file(tables: StoreTables, config: GroundedConfig) -> tuple[Path, str]:
+def dataset_path(attrs: dict[str, Any], override: Path | None) -> Path | None:
+    """Return the store's one recorded dataset file (or ``override``); None when not one file."""
+    if override is not None:
+        return override
+    files = list((attrs.get("dataset") or {}).get("files") or [])
+    return Path(files[0]) if len(files) == 1 else None
+
+
+def _dataset_file(attrs: dict[str, Any], config: GroundedConfig) -> tuple[Path, str]:
     """Return (input file, format key) of the store's dataset, its sha256 checked."""
-    info = tables.attrs.get("dataset") or {}
-    files = list(info.get("files") or [])
-    if config.dataset is None and len(files) != 1:
+    info = attrs.get("dataset") or {}
+    path = dataset_path(attrs, config.dataset)
+    if path is None:
         raise StoreError(
-            f"Expected the store to record exactly one dataset file. Got {files!r}. "
+            f"Expected the store to record exactly one dataset file. Got {info.get('files')!r}. "
             "Pass --dataset FILE to name the input file the rows come from."
         )
-    path = config.dataset or Path(files[0])
     if not path.is_file():
         raise StoreError(
             f"Expected the dataset file {str(path)!r} recorded by the capture. Got no such "

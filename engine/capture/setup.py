@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import importlib.metadata as md
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import zarr
 
 from priorscope.engine.capture.config import IDENTITY_FIELDS, CaptureConfig
 from priorscope.engine.capture.hooks import Recorder, recording
@@ -18,6 +18,7 @@ from priorscope.engine.capture.plan import Plan, example_table, file_sha256, mak
 from priorscope.engine.conditions import parse_layers
 from priorscope.engine.errors import DataError, StoreError
 from priorscope.engine.models.base import VLMAdapter
+from priorscope.engine.store.backend import exists as store_exists
 from priorscope.engine.store.dtypes import parse_hidden_dtype
 from priorscope.engine.store.layout import (
     FullSeqLayout,
@@ -26,8 +27,12 @@ from priorscope.engine.store.layout import (
     choose_shard_examples,
     create_store,
     layout_from_attrs,
+    open_for_capture,
     wait_for_store,
 )
+
+if TYPE_CHECKING:
+    import zarr
 
 PACKAGES = ("priorscope", "torch", "transformers", "zarr", "numpy", "dask", "pillow")
 
@@ -111,7 +116,7 @@ def open_capture_store(
     path = Path(cfg.out)
     data_sha = file_sha256(cfg.data) if Path(cfg.data).is_file() else ""
     wanted = identity(cfg, adapter, data_sha)
-    if not (path / "zarr.json").exists():
+    if not store_exists(path):
         if path.exists() and any(path.iterdir()):
             raise StoreError(
                 f"Expected --out to be a new folder or a priorscope store. Got a non-empty folder "
@@ -131,7 +136,7 @@ def open_capture_store(
             )
         else:
             wait_for_store(path, cfg.wait_for_store_s)
-    group = zarr.open_group(str(path), mode="r+")
+    group = open_for_capture(path)
     recorded: Any = group.attrs.get("config") or {}
     if cfg.shard_examples == 0 and "shard_examples" in recorded:
         wanted["shard_examples"] = recorded["shard_examples"]  # "automatic" accepts any size
@@ -144,7 +149,8 @@ def _new_layout(cfg: CaptureConfig, adapter: VLMAdapter, plan: Plan, prep: Prepa
     conditions = cfg.conditions()
     hidden_dtype = resolve_hidden_dtype(cfg, adapter)
     n = len(plan.examples)
-    probe = StoreLayout(
+    # Only the per-example size matters for choosing the shard size; one example per shard.
+    sized = StoreLayout(
         n,
         tuple(c.name for c in conditions),
         tuple(prep.layers),
@@ -154,7 +160,7 @@ def _new_layout(cfg: CaptureConfig, adapter: VLMAdapter, plan: Plan, prep: Prepa
         hidden_dtype,
         1,
     )
-    shard = cfg.shard_examples or choose_shard_examples(probe.bytes_per_example(), n)
+    shard = cfg.shard_examples or choose_shard_examples(sized.bytes_per_example(), n)
     fullseq = FullSeqLayout()
     if plan.fullseq_examples and prep.fullseq_layers:
         lengths, rope_rows = _measure_fullseq(adapter, plan)
@@ -165,17 +171,7 @@ def _new_layout(cfg: CaptureConfig, adapter: VLMAdapter, plan: Plan, prep: Prepa
             conditions=tuple(c.name for c in conditions if c.kind != "none"),
             rope_rows=rope_rows,
         )
-    return StoreLayout(
-        probe.n_examples,
-        probe.conditions,
-        probe.layers,
-        probe.reductions,
-        probe.d_model,
-        probe.candidates,
-        hidden_dtype,
-        shard,
-        fullseq,
-    )
+    return dataclasses.replace(sized, shard_examples=shard, fullseq=fullseq)
 
 
 def _measure_fullseq(adapter: VLMAdapter, plan: Plan) -> tuple[list[int], int]:

@@ -13,26 +13,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from priorscope.engine.analysis.decay import DecayConfig, DecayResult, GroupResult, compute_decay
-from priorscope.engine.analysis.read import StoreTables, open_store, read_array, read_tables
+from priorscope.engine.analysis.decay import DecayConfig, compute_decay
+from priorscope.engine.analysis.decay_result import DecayResult, GroupResult
+from priorscope.engine.analysis.export import dataset_path
 from priorscope.engine.errors import UsageError
 from priorscope.engine.report import html as H
 from priorscope.engine.report.plots import curve_png, flip_png
 from priorscope.engine.report.strips import build_strips, pick_rows
-from priorscope.engine.store import schema
+from priorscope.engine.store import ExampleTable, Store, find_results, open_store
 
-# Later analyses and the store groups their results will live in.
+# The report's section on each later analysis, by the kind of results store it writes.
 LATER_ANALYSES = {
-    "Probes: where is the answer decodable?": ("probes",),
-    "Layer replacement: where is the visual evidence lost?": ("patch", "patching"),
+    "probes": "Probes: where is the answer decodable?",
+    "patch": "Layer replacement: where is the visual evidence lost?",
 }
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """What the report shows: decay settings, how many example items, extra findings."""
+    """What the report shows: decay settings, how many example items, extra findings.
 
-    decay: DecayConfig = field(default_factory=lambda: DecayConfig(by_category=True))
+    Validated on construction, so a config built in Python is checked like the CLI's.
+    """
+
+    decay: DecayConfig = field(default_factory=lambda: DecayConfig(by="category"))
     n_flipped: int = 3
     n_invariant: int = 3
     seed: int = 0
@@ -40,13 +44,25 @@ class ReportConfig:
     title: str = "priorscope report"
     findings: tuple[str, ...] = ()  # sentences prepended to the generated findings
 
+    def __post_init__(self) -> None:
+        for name, flag, value in (
+            ("n_flipped", "--flipped", self.n_flipped),
+            ("n_invariant", "--invariant", self.n_invariant),
+        ):
+            if not 0 <= value <= 50:
+                raise UsageError(f"Expected {name} ({flag}) between 0 and 50. Got {value} instead.")
+        if self.dataset is not None and not isinstance(self.dataset, Path):
+            object.__setattr__(self, "dataset", Path(self.dataset))
+        object.__setattr__(self, "findings", tuple(self.findings))
 
-def parse_report_config(*, n_flipped: int = 3, n_invariant: int = 3, **kwargs: Any) -> ReportConfig:
-    """Return a validated ReportConfig; raise UsageError naming the bad argument."""
-    for name, value in (("--flipped", n_flipped), ("--invariant", n_invariant)):
-        if not 0 <= value <= 50:
-            raise UsageError(f"Expected {name} between 0 and 50. Got {value} instead.")
-    return ReportConfig(n_flipped=n_flipped, n_invariant=n_invariant, **kwargs)
+
+def later_analyses_present(store: Store) -> dict[str, bool]:
+    """Return {section title: whether a results store of that analysis sits beside ``store``}.
+
+    Results stores record their own group declaration, so finding them imports no analysis.
+    """
+    found = find_results(store.path)
+    return {title: kind in found for kind, title in LATER_ANALYSES.items()}
 
 
 @dataclass(frozen=True)
@@ -71,7 +87,10 @@ def finding(g: GroupResult, total_name: str | None) -> str:
     parts = [f"{g.key} (n={g.n}): clean accuracy {pct(v['accuracy_all'])}"]
     if total_name is not None and "visual_gain" in v:
         total_acc = float(v["accuracy_all"]) - float(v["visual_gain"])
-        parts.append(f"{pct(total_acc)} correct under {total_name} (chance {pct(v['chance'])})")
+        parts.append(
+            f"{pct(total_acc)} correct under {total_name} (chance {pct(v['chance'])}, "
+            f"majority answer {pct(v['majority_rate'])})"
+        )
     parts.append(f"{pct(v['blind_answerable'])} blind-answerable")
     parts.append(
         f"accuracy on items that need the image {pct(v['accuracy_not_blind'])}, "
@@ -82,31 +101,28 @@ def finding(g: GroupResult, total_name: str | None) -> str:
     return "; ".join(parts) + "."
 
 
-def _dataset_path(tables: StoreTables, config: ReportConfig) -> Path | None:
-    """Return the dataset file recorded in the store (or the override), None if unknown."""
-    if config.dataset is not None:
-        return config.dataset
-    files = (tables.attrs.get("dataset") or {}).get("files") or []
-    return Path(files[0]) if len(files) == 1 else None
-
-
 def write_report(
-    store: str | Path, out: str | Path, config: ReportConfig | None = None
+    store: Store | str | Path, out: str | Path, config: ReportConfig | None = None
 ) -> ReportResult:
-    """Return the written files after rendering the report of ``store`` to ``out`` (.html)."""
+    """Return the written files after rendering the report of ``store`` to ``out`` (.html).
+
+    ``store`` is a Store or a path (opened once here).
+    """
     config = config or ReportConfig()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tables = read_tables(store)
-    result = compute_decay(store, config.decay)
-    group = open_store(store)
-    answers = read_array(group, schema.OUT_ANSWER, tables.rows)
-    scores = read_array(group, schema.OUT_SCORE, tables.rows)
+    snap = open_store(store).snapshot()
+    tables = snap.examples()
+    result = compute_decay(snap, config.decay)
     picks = pick_rows(result, config.n_flipped, config.n_invariant, config.seed)
     items, note = build_strips(
-        result, tables, answers, scores, picks, _dataset_path(tables, config)
+        result,
+        tables,
+        snap.outputs("answer"),
+        snap.outputs("score"),
+        picks,
+        dataset_path(snap.attrs, config.dataset),
     )
-
     pngs = {
         "accuracy": curve_png(result, "accuracy", "accuracy"),
         "invariance": curve_png(result, "invariance", "answer equals clean answer"),
@@ -121,24 +137,15 @@ def write_report(
 
     total_name = None if result.levels.total is None else result.levels.names[result.levels.total]
     findings = (*config.findings, *(finding(g, total_name) for g in result.groups))
-    present = {title: any(k in group for k in keys) for title, keys in LATER_ANALYSES.items()}
-    html = _render(result, tables, config, b64, items, note, findings, present)
+    present = later_analyses_present(snap)
+    html = _render(result, tables, snap.attrs, config, b64, items, note, findings, present)
     out.write_text(html, encoding="utf-8")
-
     doc = {
         "decay": result.to_json(),
-        "provenance": H.json_safe(tables.attrs),
+        "provenance": H.json_safe(snap.attrs),
         "findings": list(findings),
         "later_analyses": present,
-        "strips": [
-            H.json_safe(
-                {
-                    k: getattr(it, k)
-                    for k in ("kind", "id", "question", "gold", "flip_level", "answers", "scores")
-                }
-            )
-            for it in items
-        ],
+        "strips": [H.json_safe({k: getattr(it, k) for k in STRIP_FIELDS}) for it in items],
         "files": {"html": out.name, "png": [p.name for p in png_paths]},
     }
     json_path = out.with_suffix(".json")
@@ -146,9 +153,13 @@ def write_report(
     return ReportResult(out, tuple(png_paths), json_path, result, tuple(findings))
 
 
+STRIP_FIELDS = ("kind", "id", "question", "gold", "flip_level", "answers", "scores")
+
+
 def _render(
     result: DecayResult,
-    tables: StoreTables,
+    tables: ExampleTable,
+    attrs: dict[str, Any],
     config: ReportConfig,
     b64: dict[str, str],
     items: list,
@@ -184,6 +195,6 @@ def _render(
             H.summary_table(result) + "".join(H.level_table(result, g) for g in result.groups),
         ),
         ("Example items at every level", strips),
-        ("Provenance", H.provenance(tables.attrs, extra)),
+        ("Provenance", H.provenance(attrs, extra)),
     ]
     return H.page(config.title, sections).replace("</body>", H.later_analyses(present) + "</body>")

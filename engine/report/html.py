@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from priorscope.engine.analysis.decay import ci_cell
+from priorscope.engine.analysis.decay_result import ci_cell
 
 if TYPE_CHECKING:
-    from priorscope.engine.analysis.decay import DecayResult, GroupResult
+    from priorscope.engine.analysis.decay_result import DecayResult, GroupResult
     from priorscope.engine.report.strips import StripItem
 
 CSS = """
@@ -37,6 +37,8 @@ SUMMARY_COLUMNS = (
     ("strict_invariance", "strict inv."),
     ("blind_answerable", "blind-answ."),
     ("blind_answerable_adjusted", "blind-answ. − chance"),
+    ("chance", "chance"),
+    ("majority_rate", "majority answer"),
     ("visual_gain", "visual gain"),
     ("multimodal_gain", "MM gain"),
     ("leakage", "leakage"),
@@ -77,7 +79,9 @@ def summary_table(result: DecayResult) -> str:
     return (
         f"<div class=wide><table><tr><th class=l>group</th><th>n</th>{head}</tr>"
         f"{''.join(rows)}</table></div>"
-        "<p class=muted>Percent, with the 95% bootstrap interval in brackets. "
+        "<p class=muted>Percent, with the 95% bootstrap interval in brackets. Chance is the "
+        "accuracy of a uniform guess among the options (or the distinct gold answers); majority "
+        "answer, that of always giving the most frequent gold answer. "
         "Definitions: <code>priorscope.engine.analysis.decay</code>.</p>"
     )
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from priorscope.engine.analysis.decay import DecayResult, GroupResult
+    from priorscope.engine.analysis.decay_result import DecayResult, GroupResult
 
 
 def _figure(width: float = 6.4, height: float = 3.6) -> tuple[Any, Any]:

@@ -19,8 +19,8 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-    from priorscope.engine.analysis.decay import DecayResult
-    from priorscope.engine.analysis.read import StoreTables
+    from priorscope.engine.analysis.decay_result import DecayResult
+    from priorscope.engine.store import ExampleTable
 
 THUMB = 120  # longest side of a tile in the report, in pixels
 
@@ -105,7 +105,7 @@ def load_images(dataset: Path, rows: list[int], ids: list[str]) -> dict[int, Ima
 
 def build_strips(
     result: DecayResult,
-    tables: StoreTables,
+    tables: ExampleTable,
     answers: np.ndarray,
     scores: np.ndarray,
     picks: list[tuple[str, int]],

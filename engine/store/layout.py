@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from priorscope.engine.errors import ConfigMismatchError, StoreError
-from priorscope.engine.store import schema
+from priorscope.engine.errors import ConfigMismatchError, StoreError, UsageError
+from priorscope.engine.store import backend, schema
 from priorscope.engine.store.dtypes import BF16_ATTR, zarr_dtype
 
 TARGET_SHARD_BYTES = 64 * 2**20  # big enough for fast sequential writes, small enough to buffer
@@ -103,16 +103,7 @@ class StoreLayout:
 
 def array(group: zarr.Group, name: str) -> zarr.Array:
     """Return the array ``name`` of ``group``; raise StoreError when it is missing or a group."""
-    try:
-        node = group[name]
-    except KeyError:
-        raise StoreError(
-            f"Expected array {name!r} in the store {group.store_path}. Got nothing there; the "
-            "store is incomplete or from another priorscope version. Run 'priorscope store verify'."
-        ) from None
-    if not isinstance(node, zarr.Array):
-        raise StoreError(f"Expected {name!r} to be an array in {group.store_path}. Got a group.")
-    return node
+    return backend.node(group, name)
 
 
 def choose_shard_examples(bytes_per_example: int, n_examples: int) -> int:
@@ -129,7 +120,7 @@ def rank_shards(n_shards: int, rank: int, world: int) -> list[int]:
     return list(range(rank, n_shards, world))
 
 
-def _array(
+def new_array(
     group: zarr.Group,
     name: str,
     shape: tuple[int, ...],
@@ -166,8 +157,8 @@ def _create_arrays(group: zarr.Group, layout: StoreLayout) -> None:
         (schema.OUT_EXTRACTED, bool, False),
         (schema.OUT_SCORE, "float32", float("nan")),
     ):
-        _array(group, name, (n, n_cond), dtype, (s, n_cond), schema.DIMS[name], fill_value=fill)
-    _array(
+        new_array(group, name, (n, n_cond), dtype, (s, n_cond), schema.DIMS[name], fill_value=fill)
+    new_array(
         group,
         schema.OUT_CAND_LOGPROB,
         (n, n_cond, max(n_cand, 1)),
@@ -177,7 +168,7 @@ def _create_arrays(group: zarr.Group, layout: StoreLayout) -> None:
         fill_value=float("nan"),
     )
     shape = layout.hidden_shape()
-    _array(
+    new_array(
         group,
         schema.HIDDEN,
         shape,
@@ -188,7 +179,7 @@ def _create_arrays(group: zarr.Group, layout: StoreLayout) -> None:
         fill_value=0,
         attrs={BF16_ATTR: layout.hidden_dtype == "bfloat16", "dtype": layout.hidden_dtype},
     )
-    _array(
+    new_array(
         group,
         schema.COMMIT_DONE,
         (n,),
@@ -207,7 +198,7 @@ def _create_fullseq(group: zarr.Group, layout: StoreLayout) -> None:
     rows, block, d = fs.offsets[-1], fs.token_block, layout.d_model
     n_fs = len(fs.examples)
     shape = (rows, len(fs.conditions), len(fs.layers), d)
-    _array(
+    new_array(
         group,
         schema.FULLSEQ_VALUES,
         shape,
@@ -223,8 +214,8 @@ def _create_fullseq(group: zarr.Group, layout: StoreLayout) -> None:
         (schema.FULLSEQ_INPUT_IDS, "int64"),
         (schema.FULLSEQ_ATTENTION_MASK, "int8"),
     ):
-        _array(group, name, (rows,), dtype, (block,), schema.DIMS[name], fill_value=0)
-    _array(
+        new_array(group, name, (rows,), dtype, (block,), schema.DIMS[name], fill_value=0)
+    new_array(
         group,
         schema.FULLSEQ_POSITION_IDS,
         (fs.rope_rows, rows),
@@ -238,7 +229,7 @@ def _create_fullseq(group: zarr.Group, layout: StoreLayout) -> None:
         (schema.FULLSEQ_LENGTH, fs.lengths),
         (schema.FULLSEQ_OFFSETS, fs.offsets),
     ):
-        arr = _array(
+        arr = new_array(
             group, name, (len(values),), "int64", (max(len(values), 1),), schema.DIMS[name]
         )
         arr[:] = np.asarray(values, dtype=np.int64)
@@ -252,6 +243,52 @@ def _create_fullseq(group: zarr.Group, layout: StoreLayout) -> None:
     )
 
 
+# Columns a writer may leave out, and what they hold then (source_row -1: data row unknown).
+EXAMPLE_DEFAULTS = {
+    "benchmark": "",
+    "category": "",
+    "question": "",
+    "gold": "[]",
+    "options": "[]",
+    "metadata": "{}",
+}
+
+
+def _default_column(key: str, n: int) -> list[Any]:
+    if key == "id":
+        return [str(i) for i in range(n)]
+    if key == "source_row":
+        return [-1] * n
+    return [EXAMPLE_DEFAULTS[key]] * n
+
+
+def write_example_table(
+    group: zarr.Group, columns: Mapping[str, Sequence[Any]], n: int, chunk: int
+) -> None:
+    """Write every declared ``examples/*`` column [n]; a column not given gets its default."""
+    unknown = sorted(set(columns) - {*schema.EXAMPLE_FIELDS, "source_row"})
+    if unknown:
+        raise UsageError(
+            f"Expected example columns among {[*schema.EXAMPLE_FIELDS, 'source_row']}. Got "
+            f"{unknown} as well. Put other per-example values into 'metadata'."
+        )
+    for key in (*schema.EXAMPLE_FIELDS, "source_row"):
+        values = columns.get(key)
+        if values is None:
+            values = _default_column(key, n)
+        if len(values) != n:
+            raise UsageError(
+                f"Expected {n} values in example column {key!r}. Got {len(values)} instead."
+            )
+        name = f"{schema.EX}/{key}"
+        if key == "source_row":
+            arr = new_array(group, name, (n,), "int64", (chunk,), ("example",))
+            arr[:] = np.asarray(values, dtype=np.int64)
+        else:
+            arr = new_array(group, name, (n,), str, (chunk,), ("example",), fill_value="")
+            arr[:] = np.asarray([str(v) for v in values], dtype=object)
+
+
 def _write_static(
     group: zarr.Group,
     layout: StoreLayout,
@@ -260,17 +297,9 @@ def _write_static(
     final_norm: Mapping[str, Any],
 ) -> None:
     """Write the per-example table, the unembedding rows and the final norm parameters."""
-    n, s = layout.n_examples, layout.shard_examples
-    for key, values in examples.items():
-        name = f"{schema.EX}/{key}"
-        if key == "source_row":
-            arr = _array(group, name, (n,), "int64", (s,), ("example",))
-            arr[:] = np.asarray(values, dtype=np.int64)
-        else:
-            arr = _array(group, name, (n,), str, (s,), ("example",), fill_value="")
-            arr[:] = np.asarray([str(v) for v in values], dtype=object)
+    write_example_table(group, examples, layout.n_examples, layout.shard_examples)
     k = max(len(layout.candidates), 1)
-    arr = _array(
+    arr = new_array(
         group,
         schema.UNEMBED,
         (k, layout.d_model),
@@ -281,7 +310,7 @@ def _write_static(
     arr[:] = np.asarray(unembed, dtype=np.float32).reshape(k, layout.d_model)
     weight = np.asarray(final_norm["weight"], dtype=np.float32)
     attrs = {"kind": final_norm.get("kind", "rmsnorm"), "eps": float(final_norm.get("eps", 1e-6))}
-    arr = _array(
+    arr = new_array(
         group,
         schema.FINAL_NORM_WEIGHT,
         weight.shape,
@@ -293,7 +322,7 @@ def _write_static(
     arr[:] = weight
     if final_norm.get("bias") is not None:
         bias = np.asarray(final_norm["bias"], dtype=np.float32)
-        arr = _array(
+        arr = new_array(
             group,
             schema.FINAL_NORM_BIAS,
             bias.shape,
@@ -339,7 +368,7 @@ def create_store(
     path = Path(path)
     tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
     try:
-        group = zarr.open_group(str(tmp), mode="w")
+        group = backend.open_group(tmp, mode="w")
         _create_arrays(group, layout)
         _write_static(group, layout, examples, unembed, final_norm)
         full = dict(attrs)
@@ -373,7 +402,17 @@ def wait_for_store(path: str | Path, timeout_s: float) -> zarr.Group:
                 "store. Start rank 0 too, or create the store first with --shard 0/N."
             )
         time.sleep(0.2)
-    return zarr.open_group(str(path), mode="r+")
+    return open_for_capture(path)
+
+
+def open_for_capture(path: str | Path) -> zarr.Group:
+    """Return the existing store at ``path`` opened for writing (capture's resume and ranks)."""
+    return backend.open_group(path, mode="r+")
+
+
+def commit_mask(group: zarr.Group) -> np.ndarray:
+    """Return ``commit/done`` [example] bool of a store a writer holds open."""
+    return backend.read(array(group, schema.COMMIT_DONE)).astype(bool)
 
 
 def config_differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:

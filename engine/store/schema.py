@@ -2,6 +2,7 @@
 
 Writers (capture) and readers (decay, probes, patch, report) import these names instead of
 spelling paths, so the two sides cannot drift apart. Every array carries ``dimension_names``.
+The arrays are declared below as groups (``engine.store.groups``); verify and info read those.
 
 Group attributes (``zarr.open_group(path).attrs``):
   ``schema_version`` int, ``priorscope_version`` str, ``created`` ISO time,
@@ -31,12 +32,14 @@ Arrays (dimension names in brackets):
                           layer) of a shard's examples
   unembed                 [candidate, d_model] float32 LM-head rows of the candidates' first tokens
   final_norm/weight       [d_model] float32 (attrs: kind "rmsnorm" | "layernorm", eps)
-  fullseq/...             ragged full-sequence residuals and replay inputs (see capture)
+  fullseq/...             ragged full-sequence residuals and replay inputs (see below)
   commit/done             [example] bool  True once every array of that example is written;
                           readers read it before any values and use only True rows
 """
 
 from __future__ import annotations
+
+from priorscope.engine.store.groups import TEXT, ArraySpec, GroupSpec, register_group
 
 SCHEMA_VERSION = 1
 
@@ -53,18 +56,6 @@ FINAL_NORM_WEIGHT = "final_norm/weight"
 FULLSEQ = "fullseq"
 COMMIT_DONE = "commit/done"
 
-DIMS = {
-    OUT_RAW: ("example", "condition"),
-    OUT_ANSWER: ("example", "condition"),
-    OUT_EXTRACTED: ("example", "condition"),
-    OUT_SCORE: ("example", "condition"),
-    OUT_CAND_LOGPROB: ("example", "condition", "candidate"),
-    HIDDEN: ("example", "condition", "layer", "reduction", "d_model"),
-    UNEMBED: ("candidate", "d_model"),
-    FINAL_NORM_WEIGHT: ("d_model",),
-    COMMIT_DONE: ("example",),
-}
-
 # Full-sequence residuals (ragged along ``token``: rows of fullseq example i are
 # offsets[i] : offsets[i] + length[i]; each example starts at a multiple of the token block so
 # that no two writers share a chunk). Positions hold no padding; replay with attention over them.
@@ -78,16 +69,89 @@ FULLSEQ_LENGTH = "fullseq/length"  # [fs_example] int64 token count
 FULLSEQ_OFFSETS = "fullseq/offsets"  # [fs_example + 1] int64 first row (block-aligned)
 FINAL_NORM_BIAS = "final_norm/bias"  # [d_model] float32, LayerNorm families only
 
-DIMS.update(
-    {
-        FULLSEQ_VALUES: ("token", "fs_condition", "fs_layer", "d_model"),
-        FULLSEQ_KIND: ("token",),
-        FULLSEQ_INPUT_IDS: ("token",),
-        FULLSEQ_ATTENTION_MASK: ("token",),
-        FULLSEQ_POSITION_IDS: ("rope", "token"),
-        FULLSEQ_EXAMPLE: ("fs_example",),
-        FULLSEQ_LENGTH: ("fs_example",),
-        FULLSEQ_OFFSETS: ("fs_offset",),
-        FINAL_NORM_BIAS: ("d_model",),
-    }
+# ---- The groups capture writes (declared once; verify, info and open_store read these) -------
+
+_EXAMPLE = ("example",)
+_EX_COND = ("example", "condition")
+HIDDEN_DTYPES = "float16|uint16|float32"  # uint16 holds bf16 bits (attribute bf16_bits)
+
+EXAMPLES_GROUP = register_group(
+    GroupSpec(
+        name="examples",
+        owner="capture",
+        arrays=(
+            *(ArraySpec(f, _EXAMPLE, TEXT) for f in EXAMPLE_FIELDS),
+            ArraySpec("source_row", _EXAMPLE, "int64"),
+        ),
+        description="The per-example table: ids, benchmark, category, question, gold answers "
+        "and options as JSON lists, metadata as a JSON object, the 0-based data row.",
+        store_kind="capture",
+    )
 )
+OUTPUTS_GROUP = register_group(
+    GroupSpec(
+        name="outputs",
+        owner="capture",
+        arrays=(
+            ArraySpec("raw", _EX_COND, TEXT),
+            ArraySpec("answer", _EX_COND, TEXT),
+            ArraySpec("extracted", _EX_COND, "bool"),
+            ArraySpec("score", _EX_COND, "float32"),
+        ),
+        description="What the model answered under each condition, and its score.",
+        store_kind="capture",
+    )
+)
+COMMIT_GROUP = register_group(
+    GroupSpec(
+        name="commit",
+        owner="capture",
+        arrays=(ArraySpec("done", _EXAMPLE, "bool"),),
+        description="The commit log: True once every array of an example is written.",
+        store_kind="capture",
+    )
+)
+ACTIVATIONS_GROUP = register_group(
+    GroupSpec(
+        name="activations",
+        owner="capture",
+        arrays=(
+            ArraySpec(OUT_CAND_LOGPROB, (*_EX_COND, "candidate"), "float32"),
+            ArraySpec(HIDDEN, (*_EX_COND, "layer", "reduction", "d_model"), HIDDEN_DTYPES),
+            ArraySpec(UNEMBED, ("candidate", "d_model"), "float32"),
+            ArraySpec(FINAL_NORM_WEIGHT, ("d_model",), "float32"),
+            ArraySpec(FINAL_NORM_BIAS, ("d_model",), "float32", required=False),
+        ),
+        description="What capture read from the model: candidate log-probs, residual states "
+        "reduced at each site, the candidates' LM-head rows and the final norm (a logit lens "
+        "needs no model).",
+        store_kind="capture",
+        prefix="",
+        absent_when="answers_only",
+    )
+)
+FULLSEQ_GROUP = register_group(
+    GroupSpec(
+        name="fullseq",
+        owner="capture",
+        arrays=(
+            ArraySpec("values", ("token", "fs_condition", "fs_layer", "d_model"), HIDDEN_DTYPES),
+            ArraySpec("kind", ("token",), "int8"),
+            ArraySpec("input_ids", ("token",), "int64"),
+            ArraySpec("attention_mask", ("token",), "int8"),
+            ArraySpec("position_ids", ("rope", "token"), "int64"),
+            ArraySpec("example", ("fs_example",), "int64"),
+            ArraySpec("length", ("fs_example",), "int64"),
+            ArraySpec("offsets", ("fs_offset",), "int64"),
+        ),
+        description="Full-sequence residuals of chosen examples with their replay inputs.",
+        store_kind="capture",
+        required=False,
+    )
+)
+CAPTURE_GROUPS = (EXAMPLES_GROUP, OUTPUTS_GROUP, COMMIT_GROUP, ACTIVATIONS_GROUP, FULLSEQ_GROUP)
+
+# Dimension names of every capture array by store path (derived from the declarations).
+DIMS: dict[str, tuple[str, ...]] = {
+    path: spec.dims for group in CAPTURE_GROUPS for path, spec in group.paths().items()
+}

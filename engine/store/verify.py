@@ -8,22 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from priorscope.engine.store import schema
+from priorscope.engine.errors import StoreError
+from priorscope.engine.store import backend, schema
+from priorscope.engine.store.checks import structure_problems
 from priorscope.engine.store.dtypes import decode
-from priorscope.engine.store.layout import array
-from priorscope.engine.store.reader import CaptureStore, open_store
-
-REQUIRED = (
-    schema.OUT_RAW,
-    schema.OUT_ANSWER,
-    schema.OUT_EXTRACTED,
-    schema.OUT_SCORE,
-    schema.OUT_CAND_LOGPROB,
-    schema.HIDDEN,
-    schema.UNEMBED,
-    schema.FINAL_NORM_WEIGHT,
-    schema.COMMIT_DONE,
-)
+from priorscope.engine.store.groups import declared_groups
+from priorscope.engine.store.handle import Store, index_runs
 
 
 @dataclass
@@ -41,87 +31,85 @@ class VerifyReport:
         return not self.problems
 
 
-def _check_arrays(store: CaptureStore, report: VerifyReport) -> None:
-    """Record missing arrays, wrong dimension names and shapes that disagree with the attrs."""
-    n = store.n_examples
-    for name in REQUIRED:
-        if name not in store.group:
-            report.problems.append(f"array {name} is missing")
-            continue
-        dims = tuple(store.group[name].metadata.dimension_names or ())
-        if dims != schema.DIMS[name]:
-            report.problems.append(
-                f"array {name} has dimensions {dims}, expected {schema.DIMS[name]}"
-            )
-    if schema.HIDDEN in store.group:
-        want = (n, len(store.conditions), len(store.layers), len(store.reductions))
-        got = array(store.group, schema.HIDDEN).shape[:4]
-        if got != want:
-            report.problems.append(f"hidden has shape {got}, expected {want} from the attributes")
-
-
 def _missing_ranges(done: np.ndarray, limit: int = 5) -> str:
     """Return up to ``limit`` uncommitted index ranges as text, e.g. '0-63, 128-191'."""
-    idx = np.flatnonzero(~done)
-    if idx.size == 0:
-        return ""
-    breaks = np.flatnonzero(np.diff(idx) > 1)
-    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
-    stops = np.concatenate([idx[breaks], [idx[-1]]])
-    parts = [f"{a}-{b}" if a != b else f"{a}" for a, b in zip(starts, stops, strict=True)]
+    runs = index_runs(np.flatnonzero(~done))
+    parts = [f"{a}-{b - 1}" if b - 1 != a else f"{a}" for a, b in runs]
     more = f" and {len(parts) - limit} more ranges" if len(parts) > limit else ""
     return ", ".join(parts[:limit]) + more
 
 
-def _check_values(store: CaptureStore, done: np.ndarray, report: VerifyReport, deep: bool) -> None:
-    """Record committed examples whose log-probs (and, if ``deep``, hidden states) are not finite."""
+def _value_problems(store: Store, done: np.ndarray, deep: bool) -> list[str]:
+    """Return committed examples whose log-probs (and, if ``deep``, hidden states) are not finite."""
+    if store.answers_only:
+        return []
+    problems = []
     # Log-probs are computed for every committed (example, condition): NaN means a lost write.
-    cand = np.asarray(array(store.group, schema.OUT_CAND_LOGPROB)[:])
+    cand = store.outputs("cand_logprob", include_uncommitted=True)
     bad = np.flatnonzero(done & ~np.isfinite(cand).all(axis=(1, 2)))
     if bad.size:
-        report.problems.append(
+        problems.append(
             f"{bad.size} committed examples lack candidate log-probs (first: {bad[:5].tolist()})"
         )
     if not deep:
-        return
-    arr = array(store.group, schema.HIDDEN)
+        return problems
+    arr = store.group[schema.HIDDEN]
     # 'image_mean' of the 'none' condition is NaN by definition: there are no image tokens.
     allowed = np.zeros(arr.shape[1:4], dtype=bool)
     if "image_mean" in store.reductions:
         r = store.reductions.index("image_mean")
         for c, cond in enumerate(store.conditions):
             allowed[c, :, r] = cond.kind == "none"
-    step = int(store.attrs["layout"]["shard_examples"])
+    step = store.shard_examples
     for start in range(0, store.n_examples, step):
         stop = min(start + step, store.n_examples)
         if not done[start:stop].all():
             continue
-        values = np.asarray(arr[start:stop])
+        values = backend.read(arr, slice(start, stop))
         finite = np.isfinite(decode(values, values.dtype == np.uint16))
         ok = finite.all(axis=-1) | allowed[None]
         if not ok.all():
-            report.problems.append(f"hidden of examples {start}-{stop - 1} holds NaN or inf")
+            problems.append(f"hidden of examples {start}-{stop - 1} holds NaN or inf")
+    return problems
 
 
-def verify(path: str | Path, *, deep: bool = False) -> VerifyReport:
+def integrity_problems(store: Store, *, deep: bool = False) -> list[str]:
+    """Return problems of the committed data (uncommitted rows are not one)."""
+    try:
+        done = store.committed()
+    except StoreError as exc:
+        return [str(exc)]
+    return _value_problems(store, done, deep)
+
+
+def verify(path: str | Path | Store, *, deep: bool = False) -> VerifyReport:
     """Return a report on whether the store at ``path`` is complete and internally consistent."""
-    store = open_store(path)
-    done = store.committed()
-    report = VerifyReport(str(path), store.n_examples, int(done.sum()))
-    _check_arrays(store, report)
+    where = path.path if isinstance(path, Store) else str(path)
+    group = path.group if isinstance(path, Store) else backend.open_group(path, mode="r")
+    problems = structure_problems(group, dict(group.attrs))
+    if problems:
+        n = group[schema.COMMIT_DONE].shape[0] if schema.COMMIT_DONE in group else 0
+        return VerifyReport(where, int(n), 0, problems)
+    store = path if isinstance(path, Store) else Store(path)
+    try:
+        done = store.committed()
+    except StoreError as exc:
+        return VerifyReport(where, store.n_examples, 0, [str(exc)])
+    report = VerifyReport(where, store.n_examples, int(done.sum()))
     if not done.all():
         report.problems.append(
             f"{int((~done).sum())} of {done.size} examples are not committed "
             f"({_missing_ranges(done)}); re-run the same capture command to finish them"
         )
     if not report.problems:
-        _check_values(store, done, report, deep)
-    partial = sorted(Path(path).rglob("*.partial"))
-    if partial:
-        report.warnings.append(
-            f"{len(partial)} leftover *.partial files from an interrupted write (harmless; "
-            f"first: {partial[0]})"
-        )
+        report.problems += _value_problems(store, done, deep)
+    if not backend.is_url(where):
+        partial = sorted(Path(where).rglob("*.partial"))
+        if partial:
+            report.warnings.append(
+                f"{len(partial)} leftover *.partial files from an interrupted write (harmless; "
+                f"first: {partial[0]})"
+            )
     return report
 
 
@@ -129,19 +117,29 @@ def _disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def info(path: str | Path) -> dict[str, Any]:
-    """Return a JSON-able summary of what the store at ``path`` holds."""
-    store = open_store(path)
+def _groups_info(store: Store) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return ({group: description, owner, present}, {array path: info}) from the declarations."""
+    groups, arrays = {}, {}
+    for spec in declared_groups("capture"):
+        present = [p for p in spec.paths() if p in store.group]
+        groups[spec.name] = {
+            "owner": spec.owner,
+            "description": spec.description,
+            "present": bool(present),
+            "arrays": present,
+        }
+        arrays.update({p: _array_info(store.group[p]) for p in present})
+    return groups, arrays
+
+
+def info(path: str | Path | Store) -> dict[str, Any]:
+    """Return a JSON-able summary of what the store at ``path`` holds, group by group."""
+    store = path if isinstance(path, Store) else Store(path)
     attrs = store.attrs
     done = store.committed()
-    arrays = {}
-    for name, arr in store.group.arrays():
-        arrays[name] = _array_info(arr)
-    for gname, group in store.group.groups():
-        for name, arr in group.arrays():
-            arrays[f"{gname}/{name}"] = _array_info(arr)
+    groups, arrays = _groups_info(store)
     return {
-        "path": str(path),
+        "path": store.path,
         "schema_version": attrs.get("schema_version"),
         "created": attrs.get("created"),
         "priorscope_version": attrs.get("priorscope_version"),
@@ -156,7 +154,8 @@ def info(path: str | Path) -> dict[str, Any]:
         "hidden_dtype": attrs.get("hidden_dtype"),
         "shard_examples": attrs.get("layout", {}).get("shard_examples"),
         "fullseq_examples": len(store.fullseq_examples()),
-        "disk_bytes": _disk_bytes(Path(path)),
+        "disk_bytes": None if backend.is_url(store.path) else _disk_bytes(Path(store.path)),
+        "groups": groups,
         "arrays": arrays,
     }
 
