@@ -46,6 +46,8 @@ from priorscope.engine.capture import CaptureConfig, capture
 from priorscope.engine.capture.images import condition_images
 from priorscope.engine.capture.plan import make_plan
 from priorscope.engine.data import load, synth
+from priorscope.engine.models.configs import QwenSizes, qwen_vl_model, qwen_vl_processor
+from priorscope.engine.models.wordlevel import word_tokenizer
 from priorscope.engine.store import BatchRows, ShardWriter, StoreLayout, create_store, open_store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "capture.json"
@@ -56,6 +58,26 @@ SIZES = {
 }
 
 
+def qwen_sizes(size: str) -> QwenSizes:
+    """Return the shared builder's sizes of a random-weight Qwen2.5-VL model of ``size``."""
+    d, layers, heads, kv, mlp, vdepth, vhidden, _, vocab = SIZES[size]
+    return QwenSizes(
+        d_model=d,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv,
+        ffn=mlp,
+        vision_depth=vdepth,
+        vision_width=vhidden,
+        vision_heads=vhidden // 64,
+        window=112,
+        fullatt_blocks=(vdepth // 2 - 1, vdepth - 1),
+        max_positions=4096,
+        rope_theta=1e6,
+        vocab_size=vocab,
+    )
+
+
 def build_adapter(size: str, device: str, dtype: str) -> Any:
     """Return an adapter over a random-weight Qwen2.5-VL model of ``size``, built on ``device``.
 
@@ -63,65 +85,18 @@ def build_adapter(size: str, device: str, dtype: str) -> Any:
     state-dict hash, neither of which is what this benchmark measures. The weights hash in the
     store's provenance is therefore replaced by a fixed label.
     """
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
-
-    from priorscope.engine.models.qwen2_5_vl import (
-        Qwen2_5_VLAdapter,
-        image_only_qwen2_5_vl_processor,
-    )
+    from priorscope.engine.models.qwen2_5_vl import Qwen2_5_VLAdapter
     from priorscope.engine.models.qwen2_vl import QWEN_CHAT_TEMPLATE
-    from priorscope.engine.models.tiny import qwen_tokenizer
 
-    d, layers, heads, kv, mlp, vdepth, vhidden, px, vocab = SIZES[size]
-    tok = qwen_tokenizer(synth.VOCABULARY)
-    half = d // heads // 2  # M-RoPE sections (t, h, w) sum to head_dim / 2
-    sections = [half // 4, 3 * half // 8, half - half // 4 - 3 * half // 8]
-    ids = tok.convert_tokens_to_ids
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab or len(tok),
-            hidden_size=d,
-            intermediate_size=mlp,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv,
-            max_position_embeddings=4096,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            bos_token_id=None,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": sections},
-        ),
-        vision_config=dict(
-            depth=vdepth,
-            hidden_size=vhidden,
-            intermediate_size=vhidden * 2,
-            num_heads=vhidden // 64,
-            out_hidden_size=d,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=112,
-            fullatt_block_indexes=[vdepth // 2 - 1, vdepth - 1],
-        ),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-    )
-    improc = Qwen2VLImageProcessorPil(min_pixels=px * px, max_pixels=px * px)
-    processor = image_only_qwen2_5_vl_processor()(
-        image_processor=improc, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE
-    )
+    tok = word_tokenizer("qwen")
+    processor = qwen_vl_processor("qwen2_5_vl", tok, SIZES[size][7], QWEN_CHAT_TEMPLATE)
     torch.manual_seed(0)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         dtype
     ]
     with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(
-            config, dtype=torch_dtype, attn_implementation="sdpa"
+        model = qwen_vl_model(
+            "qwen2_5_vl", tok, qwen_sizes(size), dtype=torch_dtype, attn_implementation="sdpa"
         )
     model.eval()
 

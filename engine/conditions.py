@@ -3,21 +3,23 @@
 Conditions say what was done to the image: ``clean``, ``blur@0.02`` (Gaussian sigma as a fraction
 of the image's short side), ``total`` (every pixel set to its channel's mean) and ``none`` (the
 question asked with no image). Sites name where the residual stream is read: ``embed`` is the
-input of decoder layer 0 and ``resid.{layer}`` the output of decoder layer ``layer``; a site is
-reduced over token positions by ``last``, ``image_mean`` or ``text_mean``.
+input of decoder layer 0 and ``resid.{layer}`` the output of decoder layer ``layer`` (the site
+names live in priorscope.engine.models.sites); a site is reduced over token positions by ``last``,
+``image_mean`` or ``text_mean`` (priorscope.kernels.reduce).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from priorscope.engine.errors import UsageError, did_you_mean
+from priorscope.engine.errors import KernelError, PriorscopeError, UsageError, did_you_mean
+from priorscope.kernels.reduce import REDUCTIONS
 
 DEFAULT_LADDER: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
-REDUCTIONS: tuple[str, ...] = ("last", "image_mean", "text_mean")
 
 
 @dataclass(frozen=True)
@@ -142,11 +144,6 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     return sorted(chosen)
 
 
-def site_name(layer: int) -> str:
-    """Return the dotted site name of a layer index: ``embed`` for -1, else ``resid.{layer}``."""
-    return "embed" if layer == -1 else f"resid.{layer}"
-
-
 def parse_reductions(text: str) -> list[str]:
     """Return the canonical reductions named in a comma-separated list, in canonical order."""
     names = [t.strip() for t in text.split(",") if t.strip()]
@@ -154,3 +151,23 @@ def parse_reductions(text: str) -> list[str]:
         if name not in REDUCTIONS:
             raise did_you_mean(name, REDUCTIONS, "site reduction")
     return [r for r in REDUCTIONS if r in names]
+
+
+@contextlib.contextmanager
+def kernel_errors() -> Iterator[None]:
+    """Re-raise an error of priorscope.kernels as the engine's UsageError or KernelError.
+
+    Kernels import nothing from the engine, so their errors are not PriorscopeErrors; the engine
+    calls them inside this block so that a user sees one paragraph, not a traceback.
+    """
+    from priorscope.kernels.errors import KernelError as BareKernelError
+    from priorscope.kernels.errors import KernelUsageError
+
+    try:
+        yield
+    except PriorscopeError:
+        raise
+    except KernelUsageError as exc:
+        raise UsageError(str(exc)) from exc
+    except BareKernelError as exc:
+        raise KernelError(str(exc)) from exc

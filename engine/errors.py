@@ -7,6 +7,8 @@ without a traceback (``--debug`` shows it) and exits with code 1, or 2 for :clas
 
 from __future__ import annotations
 
+import priorscope.kernels.errors as _kernel_errors
+
 
 class PriorscopeError(Exception):
     """Base of every error priorscope raises on purpose."""
@@ -36,7 +38,7 @@ class ModelError(PriorscopeError):
     """A model cannot be loaded or lacks a part priorscope needs (layers, norm, head)."""
 
 
-class KernelError(PriorscopeError):
+class KernelError(PriorscopeError, _kernel_errors.KernelError):
     """A kernel was given inputs it cannot process."""
 
 

@@ -5,39 +5,25 @@
 the sampled Gaussian of radius ``int(4 * sigma + 0.5)``, normalised to sum 1, with borders mirrored
 with the edge pixel repeated. ``inf`` sets every pixel to its channel's mean; ``0`` copies.
 
-Two exact algorithms, chosen per sigma by the kernel radius. Measured on the 2-core AMD EPYC
-(AVX2) dev machine, one thread, RGB float32 (figures in benchmarks/RESULTS.md):
+Two exact algorithms, chosen per sigma by the kernel radius:
 
 * **spectral** (radius > DIRECT_MAX_RADIUS): a separable symmetric convolution with reflect
   borders is diagonal in the DCT-II basis, with eigenvalues ``H[k] = sum_m w[m] cos(pi k m / N)``
   of the *sampled, truncated* kernel itself. So it is exact for any radius (also beyond the image
   size, where the mirror repeats), not the continuous Gaussian, whose gain differs from the
-  sampled one by up to 9e-5 at sigma 2-18 px and 4% at 0.8 px. One forward 2-D DCT is shared by
-  the whole ladder (kernels/dct.py keeps it in the form the inverses need); each sigma then costs
-  four complex multiply-adds, one inverse FFT per axis and the output reorder, whatever the
-  sigma: about 2 ms per 448x448 plane.
+  sampled one (most at small sigmas). One forward 2-D DCT is shared by the whole ladder
+  (kernels/dct.py keeps it in the form the inverses need); each sigma then costs four complex
+  multiply-adds, one inverse FFT per axis and the output reorder, whatever the sigma.
 * **direct** (small radius): separable convolution as ``r`` multiply-adds of mirrored-shifted
   slices per axis (the kernel is symmetric: one multiply per tap pair). Its cost grows with the
-  radius. Measured against the marginal cost of one more spectral level (forward transform
-  already paid), the two cross between radius 6 and 12 at both sizes; a ladder with no other
-  spectral level saves the forward transform too. The cut is radius 8 (sigma < 2.125 px); none
-  of the default ladder's levels at 448x448 or above is that small.
-
-Rejected by measurement:
-* dense blur-matrix products ``A_h @ X @ A_w^T`` (reflect folded into A; cuBLAS-friendly): ~8 ms
-  per sigma for a 448x448 RGB image at 32 GMAC/s, and cubic in size (~130 ms at 1024x768);
-* low-rank (truncated-spectrum) products: the truncated kernel's spectrum plateaus near 1e-5 (its
-  jump at 4 sigma), so a rank keeping worst-case pixels within 0.02 grey levels is nearly full;
-* the incremental scale-space trick (blur sigma_k from level k-1): not exact for sampled,
-  truncated kernels, and the spectral path already costs the same for every sigma;
-* one ``irfft2`` call: 4x slower than an ``ifft`` over rows plus an ``irfft`` over columns, and a
-  column gather (``index_select`` on the last axis): up to 10x slower than two strided copies.
+  radius, so the cut sits where it meets the marginal cost of one more spectral level.
 
 On CPU the batch is processed one image plane at a time (small planes grouped), which keeps a
-1024x768 working set in cache (measured ~1.5x faster than whole-batch passes). On CUDA the same
-torch code runs as whole-batch launches (cuFFT and elementwise kernels; all images of a size and
-all sigmas in one call, not one fused kernel); the CPU path imports neither cupy nor triton.
-Arithmetic is float32 for uint8/float16/bfloat16/float32 inputs and float64 for float64 inputs.
+large working set in cache. On CUDA the same torch code runs as whole-batch launches (cuFFT and
+elementwise kernels; all images of a size and all sigmas in one call, not one fused kernel); the
+CPU path imports neither cupy nor triton. Arithmetic is float32 for uint8/float16/bfloat16/float32
+inputs and float64 for float64 inputs. The measured crossover, the chunking gain and the
+alternatives rejected by measurement are in benchmarks/RESULTS.md ("Blur ladder").
 """
 
 from __future__ import annotations
@@ -51,12 +37,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from priorscope.engine.errors import KernelError, UsageError
 from priorscope.kernels.dct import SeparableSpectrum
+from priorscope.kernels.errors import KernelError, KernelUsageError
 
 TRUNCATE = 4.0
 # Largest kernel radius (pixels) blurred by direct convolution; larger ones go spectral.
-# Measured crossover on the dev machine: see the module docstring and benchmarks/blur.py.
+# Measured crossover: benchmarks/RESULTS.md ("Blur ladder", design measurements).
 DIRECT_MAX_RADIUS = 8
 # Largest kernel radius accepted: its weights are materialised (8 bytes per tap) before folding.
 MAX_RADIUS = 10**7
@@ -233,24 +219,24 @@ def _run_chunk(
 
 
 def parse_sigmas(sigmas: object) -> tuple[float, ...]:
-    """Return sigmas as a tuple of non-negative floats (inf allowed); raise UsageError otherwise."""
+    """Return sigmas as a tuple of non-negative floats (inf allowed); raise KernelUsageError."""
     if isinstance(sigmas, (str, bytes)) or not isinstance(sigmas, Iterable):
-        raise UsageError(
+        raise KernelUsageError(
             f"Expected sigmas as a sequence of non-negative numbers, e.g. [0.01, 0.04, inf]. "
             f"Got {type(sigmas).__name__} {sigmas!r} instead. Wrap a single sigma in a list."
         )
     values = list(sigmas.tolist() if isinstance(sigmas, (Tensor, np.ndarray)) else sigmas)
     if not values:
-        raise UsageError("Expected at least one sigma. Got an empty sequence instead.")
+        raise KernelUsageError("Expected at least one sigma. Got an empty sequence instead.")
     parsed = []
     for i, s in enumerate(values):
         if isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)):
-            raise UsageError(
+            raise KernelUsageError(
                 f"Expected sigma {i} to be a real number. Got {type(s).__name__} {s!r} instead."
             )
         value = float(s)
         if math.isnan(value) or value < 0:
-            raise UsageError(
+            raise KernelUsageError(
                 f"Expected sigma {i} to be >= 0 (0 = clean, inf = total). Got {value!r} instead."
             )
         parsed.append(value)
@@ -295,13 +281,13 @@ def blur_ladder(images: Tensor, sigmas: Iterable[float], *, relative: bool = Tru
     images = check_images(images)
     values = parse_sigmas(sigmas)
     if not isinstance(relative, bool):
-        raise UsageError(f"Expected relative to be True or False. Got {relative!r} instead.")
+        raise KernelUsageError(f"Expected relative to be True or False. Got {relative!r} instead.")
     b, c, h, w = images.shape
     scale = float(min(h, w)) if relative else 1.0
     pixels = [s * scale for s in values]
     too_wide = [s for s in pixels if math.isfinite(s) and kernel_radius(s) > MAX_RADIUS]
     if too_wide:
-        raise UsageError(
+        raise KernelUsageError(
             f"Expected blur sigmas of at most {MAX_RADIUS / TRUNCATE:g} px (kernel radius "
             f"{MAX_RADIUS}). Got {too_wide[0]:g} px instead. Use inf for total obfuscation."
         )
@@ -310,3 +296,12 @@ def blur_ladder(images: Tensor, sigmas: Iterable[float], *, relative: bool = Tru
     if b > 0:
         _run_levels(images, levels, out)
     return out
+
+
+def obfuscate_total(images: Tensor) -> Tensor:
+    """Return ``[B, C, H, W]``: every pixel of ``images [B, C, H, W]`` set to its channel's mean.
+
+    The ``total`` condition, and the one definition of a fully obfuscated image: the ladder's
+    ``inf`` level itself (same dtype; uint8 rounded half to even).
+    """
+    return blur_ladder(images, [math.inf], relative=False)[:, 0]

@@ -1,4 +1,5 @@
-"""The blur ladder for a list of images of mixed sizes: grouped by size, returned in input order."""
+"""Kernels over lists of PIL images or numpy arrays: the blur ladder (grouped by size, returned in
+input order) and the fully obfuscated image."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from priorscope.engine.errors import KernelError
-from priorscope.kernels.blur import blur_ladder, parse_sigmas
+from priorscope.kernels.blur import blur_ladder, obfuscate_total, parse_sigmas
+from priorscope.kernels.errors import KernelError
 
 # PIL modes numpy turns into uint8 or float arrays directly; anything else is converted first.
 _DIRECT_MODES = frozenset({"L", "LA", "RGB", "RGBA", "F"})
@@ -83,3 +84,24 @@ def blur_ladder_images(
         for j, i in enumerate(members):
             results[i] = ladder[j]
     return [r for r in results if r is not None]
+
+
+def total_image(image: Any) -> Any:
+    """Return ``image`` with every pixel set to its channel's mean: same size, mode and dtype.
+
+    Takes a PIL image (returns one) or an ``[H, W]`` / ``[H, W, C]`` array (returns one). This
+    is :func:`~priorscope.kernels.blur.obfuscate_total`, so it equals the ``total`` condition of
+    a capture pixel for pixel (uint8: the mean rounded half to even).
+    """
+    is_pil = hasattr(image, "mode") and hasattr(image, "size")
+    array = _pil_to_array(image) if is_pil else image
+    chw = image_to_chw(array, 0)
+    filled = obfuscate_total(chw.unsqueeze(0))[0]  # [C, H, W]
+    out = np.ascontiguousarray(filled.permute(1, 2, 0).numpy())
+    if np.ndim(array) == 2:
+        out = out[..., 0]
+    if not is_pil:
+        return out
+    from PIL import Image
+
+    return Image.fromarray(out)

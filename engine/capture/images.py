@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from priorscope.engine.conditions import Condition
+from priorscope.engine.conditions import Condition, kernel_errors
 from priorscope.engine.data.example import Example
 
 
@@ -33,7 +33,8 @@ def condition_images(
         pixels = np.stack([np.asarray(img, dtype=np.uint8) for img in clean])  # [B, H, W, C]
         x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2)
         sigmas = [math.inf if c.kind == "total" else c.sigma for c in laddered]
-        ladder = blur_ladder(x, sigmas, relative=True)  # [B, K, C, H, W] uint8
+        with kernel_errors():
+            ladder = blur_ladder(x, sigmas, relative=True)  # [B, K, C, H, W] uint8
         host = ladder.permute(0, 1, 3, 4, 2).contiguous().cpu().numpy()
         for k, cond in enumerate(laddered):
             out[cond.name] = [Image.fromarray(host[b, k]) for b in range(len(examples))]

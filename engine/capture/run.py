@@ -46,8 +46,8 @@ def capture(cfg: CaptureConfig, *, adapter: VLMAdapter | None = None) -> Path:
     refuses one written with another. ``adapter`` reuses an already loaded model.
     """
     cfg = validate(cfg)
-    adapter, plan, layers_fs = prepare(cfg, adapter)
-    group, layout = open_capture_store(cfg, adapter, plan, layers_fs)
+    adapter, plan, prep = prepare(cfg, adapter)
+    group, layout = open_capture_store(cfg, adapter, plan, prep)
     rank, world = cfg.shard
     done = np.asarray(group["commit/done"][:], dtype=bool)
     todo = [

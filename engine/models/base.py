@@ -73,6 +73,27 @@ class VLMAdapter(ABC):
     def lm_head(self) -> nn.Module:
         """Return the output projection from d_model to the vocabulary."""
 
+    def vision_output(self) -> nn.Module:
+        """Return the module whose output is the image tokens as the decoder receives them.
+
+        Qwen-VL families: the vision tower's patch merger; LLaVA families: the multi-modal
+        projector. A family with another layout overrides this.
+        """
+        from priorscope.engine.errors import ModelError
+
+        inner = getattr(self.model, "model", self.model)
+        visual = getattr(inner, "visual", None)
+        for module in (
+            getattr(visual, "merger", None),
+            getattr(inner, "multi_modal_projector", None),
+        ):
+            if module is not None:
+                return module
+        raise ModelError(
+            f"Expected {type(self.model).__name__} to have visual.merger or multi_modal_projector "
+            "for the 'vision' site. Got neither. Override vision_output() in the family adapter."
+        )
+
     @abstractmethod
     def build_prompt(self, example: Example, *, with_image: bool = True) -> str:
         """Return the chat-templated prompt text, ending where the assistant's answer begins."""

@@ -56,6 +56,9 @@ class HFAdapter(VLMAdapter):
     #: What separates the generation prompt from the answer (LLaVA's "ASSISTANT:" is followed
     #: by a space, so its answers start with a word-initial token such as "▁A").
     answer_prefix: ClassVar[str] = ""
+    #: The transformers classes that load the family (by name: transformers imports lazily).
+    processor_class_name: ClassVar[str] = "AutoProcessor"
+    model_class_name: ClassVar[str] = "AutoModelForImageTextToText"
 
     def __init__(self, model: Any, processor: Any, name_or_path: str) -> None:
         self.model = model
@@ -76,16 +79,16 @@ class HFAdapter(VLMAdapter):
     @classmethod
     def processor_class(cls) -> Any:
         """Return the processor class whose ``from_pretrained`` loads this family's processor."""
-        from transformers import AutoProcessor
+        import transformers
 
-        return AutoProcessor
+        return getattr(transformers, cls.processor_class_name)
 
     @classmethod
     def model_class(cls) -> Any:
         """Return the transformers class that loads this family's weights."""
-        from transformers import AutoModelForImageTextToText
+        import transformers
 
-        return AutoModelForImageTextToText
+        return getattr(transformers, cls.model_class_name)
 
     @classmethod
     def load(
@@ -310,11 +313,6 @@ class HFAdapter(VLMAdapter):
                     )
                 out.append(int(alone[0]))
         return out
-
-    def unembed_rows(self, candidates: Sequence[str]) -> torch.Tensor:
-        """Return the LM head rows [len(candidates), d_model] of the candidates' first tokens."""
-        weight = cast("torch.Tensor", self.lm_head().weight)
-        return weight[self.candidate_token_ids(candidates)].detach()
 
     # -- running -------------------------------------------------------------------------------
     def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int) -> list[str]:

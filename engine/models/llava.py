@@ -1,8 +1,12 @@
-"""LLaVA-1.5 (``LlavaForConditionalGeneration``, llava-hf checkpoints)."""
+"""LLaVA-1.5 (``LlavaForConditionalGeneration``, llava-hf checkpoints) and what every LLaVA shares.
+
+LLaVA-NeXT (:mod:`.llava_next`) subclasses :class:`LlavaAdapter`: same conversation format and
+answer prefix, another processor and model class.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from priorscope.engine.models.hf import HFAdapter
 
@@ -24,16 +28,7 @@ class LlavaAdapter(HFAdapter):
 
     family: ClassVar[str] = "llava"
     default_chat_template: ClassVar[str | None] = LLAVA_CHAT_TEMPLATE
+    # "ASSISTANT:" is followed by a space, so answers start with a word-initial token.
     answer_prefix: ClassVar[str] = " "
-
-    @classmethod
-    def processor_class(cls) -> Any:
-        from transformers import LlavaProcessor
-
-        return LlavaProcessor
-
-    @classmethod
-    def model_class(cls) -> Any:
-        from transformers import LlavaForConditionalGeneration
-
-        return LlavaForConditionalGeneration
+    processor_class_name: ClassVar[str] = "LlavaProcessor"
+    model_class_name: ClassVar[str] = "LlavaForConditionalGeneration"

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from priorscope.engine.models.hf import HFAdapter
-from priorscope.engine.models.llava import LLAVA_CHAT_TEMPLATE
+from priorscope.engine.models.llava import LlavaAdapter
 
 
-class LlavaNextAdapter(HFAdapter):
-    """LLaVA-NeXT checkpoints (model_type ``llava_next``)."""
+class LlavaNextAdapter(LlavaAdapter):
+    """LLaVA-NeXT checkpoints (model_type ``llava_next``): LLaVA's format, tiled images."""
 
     family: ClassVar[str] = "llava_next"
-    default_chat_template: ClassVar[str | None] = LLAVA_CHAT_TEMPLATE
-    answer_prefix: ClassVar[str] = " "
-
-    @classmethod
-    def processor_class(cls) -> Any:
-        from transformers import LlavaNextProcessor
-
-        return LlavaNextProcessor
-
-    @classmethod
-    def model_class(cls) -> Any:
-        from transformers import LlavaNextForConditionalGeneration
-
-        return LlavaNextForConditionalGeneration
+    processor_class_name: ClassVar[str] = "LlavaNextProcessor"
+    model_class_name: ClassVar[str] = "LlavaNextForConditionalGeneration"

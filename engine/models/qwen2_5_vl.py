@@ -9,35 +9,20 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from priorscope.engine.models.hf import HFAdapter
-from priorscope.engine.models.qwen2_vl import QWEN_CHAT_TEMPLATE, _image_only, _register
-
-_PROC: type | None = None
+from priorscope.engine.models.qwen2_vl import Qwen2VLAdapter, image_only_processor
 
 
 def image_only_qwen2_5_vl_processor() -> type:
     """Return the image-only Qwen2.5-VL processor class (registered with AutoProcessor)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
-
-    global _PROC
-    if _PROC is None:
-        _PROC = _image_only(Qwen2_5_VLProcessor)
-        _register(Qwen2_5_VLConfig, _PROC)
-    return _PROC
+    return image_only_processor("Qwen2_5_VLProcessor", "Qwen2_5_VLConfig")
 
 
-class Qwen2_5_VLAdapter(HFAdapter):
+class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     """Qwen2.5-VL checkpoints (model_type ``qwen2_5_vl``), including the model organism."""
 
     family: ClassVar[str] = "qwen2_5_vl"
-    default_chat_template: ClassVar[str | None] = QWEN_CHAT_TEMPLATE
+    model_class_name: ClassVar[str] = "Qwen2_5_VLForConditionalGeneration"
 
     @classmethod
     def processor_class(cls) -> Any:
         return image_only_qwen2_5_vl_processor()
-
-    @classmethod
-    def model_class(cls) -> Any:
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
-        return Qwen2_5_VLForConditionalGeneration

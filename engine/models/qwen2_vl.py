@@ -1,7 +1,11 @@
-"""Qwen2-VL: ``Qwen2VLForConditionalGeneration`` with an image-only processor."""
+"""Qwen2-VL: ``Qwen2VLForConditionalGeneration`` with an image-only processor.
+
+Also what both Qwen-VL families share: the chat template and the image-only processor classes.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 from priorscope.engine.models.hf import HFAdapter
@@ -24,23 +28,19 @@ _QWEN_TURN = (
 QWEN_CHAT_TEMPLATE_NO_SYSTEM = "{% for message in messages %}" + _QWEN_TURN
 QWEN_CHAT_TEMPLATE = "{% for message in messages %}" + _QWEN_DEFAULT_SYSTEM + _QWEN_TURN
 
-QWEN_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
 
-
-def _image_only(base: type) -> type:
-    """Return a subclass of a Qwen processor that has no video processor.
+@functools.cache
+def image_only_processor(processor_name: str, config_name: str) -> type:
+    """Return a subclass of a Qwen processor with no video processor, registered for its config.
 
     The stock processors also load a video processor, which needs torchvision; without it
     ``from_pretrained`` fails or (through AutoProcessor) silently returns only the tokenizer.
+    Registered with AutoProcessor in every process that asks for it, so that AutoProcessor can
+    load the folders priorscope saves (their processor_class names this subclass).
     """
+    import transformers
+
+    base = getattr(transformers, processor_name)
 
     def __init__(
         self: Any,
@@ -49,7 +49,7 @@ def _image_only(base: type) -> type:
         chat_template: Any = None,
         **kwargs: Any,
     ) -> None:
-        base.__init__(  # type: ignore[misc]
+        base.__init__(
             self,
             image_processor=image_processor,
             tokenizer=tokenizer,
@@ -57,30 +57,16 @@ def _image_only(base: type) -> type:
             **kwargs,
         )
 
-    name = f"Priorscope{base.__name__}"
-    return type(name, (base,), {"__init__": __init__, "__module__": __name__})
-
-
-def _register(config_cls: type, processor_cls: type) -> None:
-    from transformers import AutoProcessor
-
-    # Registered in every process that imports priorscope.engine.models, so AutoProcessor can
-    # load the folders priorscope saves (their processor_class names this subclass).
-    AutoProcessor.register(config_cls, processor_cls, exist_ok=True)
+    cls = type(
+        f"Priorscope{processor_name}", (base,), {"__init__": __init__, "__module__": __name__}
+    )
+    transformers.AutoProcessor.register(getattr(transformers, config_name), cls, exist_ok=True)
+    return cls
 
 
 def image_only_qwen2_vl_processor() -> type:
     """Return the image-only Qwen2-VL processor class (registered with AutoProcessor)."""
-    from transformers import Qwen2VLConfig, Qwen2VLProcessor
-
-    global _QWEN2_VL_PROC
-    if _QWEN2_VL_PROC is None:
-        _QWEN2_VL_PROC = _image_only(Qwen2VLProcessor)
-        _register(Qwen2VLConfig, _QWEN2_VL_PROC)
-    return _QWEN2_VL_PROC
-
-
-_QWEN2_VL_PROC: type | None = None
+    return image_only_processor("Qwen2VLProcessor", "Qwen2VLConfig")
 
 
 class Qwen2VLAdapter(HFAdapter):
@@ -88,13 +74,8 @@ class Qwen2VLAdapter(HFAdapter):
 
     family: ClassVar[str] = "qwen2_vl"
     default_chat_template: ClassVar[str | None] = QWEN_CHAT_TEMPLATE
+    model_class_name: ClassVar[str] = "Qwen2VLForConditionalGeneration"
 
     @classmethod
     def processor_class(cls) -> Any:
         return image_only_qwen2_vl_processor()
-
-    @classmethod
-    def model_class(cls) -> Any:
-        from transformers import Qwen2VLForConditionalGeneration
-
-        return Qwen2VLForConditionalGeneration

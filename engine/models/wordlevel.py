@@ -1,4 +1,4 @@
-"""Word-level tokenizers for the tiny test models and the model organism.
+"""Word-level tokenizers for the tiny test models, the model organism and the benchmarks.
 
 A word-level vocabulary keeps the embedding table of a tiny model small and makes every answer
 word exactly one token, so candidate log-probs and the unembedding rows are unambiguous. The
@@ -55,6 +55,30 @@ PROMPT_WORDS: tuple[str, ...] = (
 PUNCTUATION: tuple[str, ...] = tuple(string.punctuation)
 LETTERS: tuple[str, ...] = tuple(string.ascii_uppercase) + tuple(string.ascii_lowercase)
 DIGITS: tuple[str, ...] = tuple(string.digits)
+
+# Qwen2-VL / Qwen2.5-VL chat and vision tokens (the organism and the Qwen tiny models).
+QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+# LLaMA-style tokens of the LLaVA tiny models (which prepend BOS like LLaMA's tokenizer).
+LLAMA_SPECIAL_TOKENS: tuple[str, ...] = ("<s>", "</s>", "<unk>", "<pad>", "<image>")
+# style -> (special tokens, make_tokenizer keyword arguments)
+STYLES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "qwen": (
+        QWEN_SPECIAL_TOKENS,
+        dict(pad_token="<|endoftext|>", unk_token="<unk>", eos_token="<|im_end|>"),
+    ),
+    "llama": (
+        LLAMA_SPECIAL_TOKENS,
+        dict(pad_token="<pad>", unk_token="<unk>", eos_token="</s>", bos_token="<s>", add_bos=True),
+    ),
+}
 
 
 def build_vocab(special_tokens: Sequence[str], words: Iterable[str]) -> dict[str, int]:
@@ -118,3 +142,21 @@ def make_tokenizer(
         kwargs["bos_token"] = bos_token
     kwargs.update(extra or {})
     return PreTrainedTokenizerFast(**kwargs)
+
+
+def word_tokenizer(style: str, words: Iterable[str] | None = None) -> Any:
+    """Return the word-level tokenizer of a chat ``style`` ('qwen' or 'llama') over ``words``.
+
+    ``words`` defaults to the synthetic benchmark's vocabulary. This is the one factory the tiny
+    models, the organism and the benchmarks share: the same style and words give the same ids.
+    """
+    from priorscope.engine.errors import did_you_mean
+
+    if style not in STYLES:
+        raise did_you_mean(style, tuple(STYLES), "tokenizer style")
+    if words is None:
+        from priorscope.engine.data.synth import VOCABULARY
+
+        words = VOCABULARY
+    special, kwargs = STYLES[style]
+    return make_tokenizer(special, words, **kwargs)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from priorscope.engine.errors import UsageError
-from priorscope.engine.models.qwen2_vl import QWEN_CHAT_TEMPLATE_NO_SYSTEM, QWEN_SPECIAL_TOKENS
-from priorscope.engine.models.wordlevel import make_tokenizer
+from priorscope.engine.models.configs import QwenSizes, qwen_vl_model, qwen_vl_processor
+from priorscope.engine.models.qwen2_vl import QWEN_CHAT_TEMPLATE_NO_SYSTEM
+from priorscope.engine.models.wordlevel import word_tokenizer
 
 ORGANISM_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE_NO_SYSTEM
 
@@ -62,74 +63,37 @@ class OrganismArch:
 
 def organism_tokenizer() -> Any:
     """Return the organism's word-level tokenizer (Qwen special tokens + synth vocabulary)."""
-    from priorscope.engine.data.synth import VOCABULARY
-
-    return make_tokenizer(
-        QWEN_SPECIAL_TOKENS,
-        VOCABULARY,
-        pad_token="<|endoftext|>",
-        unk_token="<unk>",
-        eos_token="<|im_end|>",
-    )
+    return word_tokenizer("qwen")
 
 
 def organism_processor(arch: OrganismArch, tokenizer: Any) -> Any:
     """Return the image-only Qwen2.5-VL processor that resizes every image to image_size²."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
+    return qwen_vl_processor(
+        "qwen2_5_vl",
+        tokenizer,
+        arch.image_size,
+        ORGANISM_CHAT_TEMPLATE,
+        normalize=NORMALIZATIONS[arch.normalize],
     )
 
-    from priorscope.engine.models.qwen2_5_vl import image_only_qwen2_5_vl_processor
 
-    pixels = arch.image_size * arch.image_size
-    mean, std = NORMALIZATIONS[arch.normalize]
-    improc = Qwen2VLImageProcessorPil(
-        min_pixels=pixels, max_pixels=pixels, image_mean=list(mean), image_std=list(std)
-    )
-    return image_only_qwen2_5_vl_processor()(
-        image_processor=improc, tokenizer=tokenizer, chat_template=ORGANISM_CHAT_TEMPLATE
+def organism_sizes(arch: OrganismArch) -> QwenSizes:
+    """Return the organism's sizes in the shared Qwen-VL builder's terms."""
+    return QwenSizes(
+        d_model=arch.d_model,
+        layers=arch.layers,
+        heads=arch.heads,
+        kv_heads=arch.kv_heads,
+        ffn=arch.ffn,
+        vision_depth=arch.vision_depth,
+        vision_width=arch.vision_width,
+        vision_heads=max(1, arch.vision_width // 32),
+        window=arch.image_size,
+        fullatt_blocks=(arch.vision_depth - 1,),
+        max_positions=512,
     )
 
 
 def organism_model(arch: OrganismArch, tokenizer: Any) -> Any:
     """Return a freshly initialised Qwen2_5_VLForConditionalGeneration of the given sizes."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    ids = tokenizer.convert_tokens_to_ids
-    half = arch.d_model // arch.heads // 2
-    # M-RoPE splits head_dim / 2 frequencies over (temporal, height, width).
-    section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=arch.d_model,
-        intermediate_size=arch.ffn,
-        num_hidden_layers=arch.layers,
-        num_attention_heads=arch.heads,
-        num_key_value_heads=arch.kv_heads,
-        max_position_embeddings=512,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    vision = dict(
-        depth=arch.vision_depth,
-        hidden_size=arch.vision_width,
-        intermediate_size=2 * arch.vision_width,
-        num_heads=max(1, arch.vision_width // 32),
-        out_hidden_size=arch.d_model,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=arch.image_size,
-        fullatt_block_indexes=[arch.vision_depth - 1],
-    )
-    config = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-    )
-    return Qwen2_5_VLForConditionalGeneration(config)
+    return qwen_vl_model("qwen2_5_vl", tokenizer, organism_sizes(arch))
