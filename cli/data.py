@@ -16,6 +16,26 @@ console = Console(soft_wrap=True)  # keep paths and messages on one greppable li
 
 FORMAT_HELP = "vlmevalkit-tsv (tsv), hf-parquet (parquet) or llava-jsonl (jsonl); default: detect."
 COLUMN_HELP = "Map a field to a file column, e.g. --column question=prompt (repeatable)."
+INDEX_HELP = (
+    "Integer answers of multiple-choice rows are 0-based option indices (AI2D, ScienceQA) or "
+    "option texts; default: detect per file, refuse when ambiguous."
+)
+BINARY_HELP = "1/0 answers mean yes/no (HallusionBench); default: only in a 'gt_answer' column."
+DUPLICATE_HELP = (
+    "Repeated ids: derive ID#k, or error; default (auto): derive except in VLMEvalKit TSV."
+)
+MISSING_IMAGE_HELP = (
+    "Rows without an image: text-only, or error; default (auto): text-only where the format "
+    "says so (null parquet image, JSONL line without 'image'), error in TSV."
+)
+METRIC_HELP = "Open-answer metric: vqa, relaxed (ChartQA) or anls (DocVQA); default: by name."
+
+
+ANSWER_IS_INDEX = typer.Option(None, "--answer-is-index/--answer-is-text", help=INDEX_HELP)
+YES_NO_01 = typer.Option(None, "--answer-01-is-yes-no/--answer-01-is-number", help=BINARY_HELP)
+DUPLICATE_IDS = typer.Option("auto", "--duplicate-ids", help=DUPLICATE_HELP)
+MISSING_IMAGE = typer.Option("auto", "--missing-image", help=MISSING_IMAGE_HELP)
+METRIC = typer.Option("auto", "--metric", help=METRIC_HELP)
 
 
 def _synth(
@@ -66,6 +86,11 @@ def _check(
     column: list[str] = typer.Option(None, "--column", help=COLUMN_HELP),
     benchmark: str = typer.Option(None, "--benchmark", help="Benchmark name (default: file stem)."),
     max_pixels: int = typer.Option(None, "--max-pixels", help="Largest image accepted, in pixels."),
+    answer_is_index: bool | None = ANSWER_IS_INDEX,
+    yes_no_01: bool | None = YES_NO_01,
+    duplicate_ids: str = DUPLICATE_IDS,
+    missing_image: str = MISSING_IMAGE,
+    metric: str = METRIC,
 ) -> None:
     """Validate a benchmark file, decoding every image, and print what it holds.
 
@@ -85,6 +110,11 @@ def _check(
         benchmark=benchmark,
         max_pixels=max_pixels,
         decode_images=True,
+        answer_is_index=answer_is_index,
+        yes_no_01=yes_no_01,
+        duplicate_ids=duplicate_ids,
+        missing_image=missing_image,
+        metric=metric,
     )
     summary = summarize(result)
     _print_summary(summary)
@@ -98,6 +128,13 @@ def _print_summary(summary: DataSummary) -> None:
         f"{summary.n_rows} rows loaded; {summary.n_multiple_choice} multiple choice, "
         f"{summary.n_open} open-ended, {summary.n_unanswered} without a gold answer."
     )
+    if summary.n_text_only or summary.n_multi_image or summary.n_derived_ids:
+        console.print(
+            f"{summary.n_text_only} text-only, {summary.n_multi_image} with several images, "
+            f"{summary.n_derived_ids} with a derived id."
+        )
+    for note in summary.notes:
+        console.print(f"Note: {note}", highlight=False)
     tables = [("benchmark", summary.by_benchmark), ("category", summary.by_category)]
     if summary.by_template != summary.by_category:  # the synth's categories are its templates
         tables.append(("template", summary.by_template))
@@ -128,6 +165,11 @@ def _show(
     format: str = typer.Option(None, "--format", help=FORMAT_HELP),
     image_root: Path = typer.Option(None, "--image-root", help="Folder image paths are under."),
     column: list[str] = typer.Option(None, "--column", help=COLUMN_HELP),
+    answer_is_index: bool | None = ANSWER_IS_INDEX,
+    yes_no_01: bool | None = YES_NO_01,
+    duplicate_ids: str = DUPLICATE_IDS,
+    missing_image: str = MISSING_IMAGE,
+    metric: str = METRIC,
 ) -> None:
     """Print the first examples of a benchmark file as the pipeline will see them.
 
@@ -138,14 +180,24 @@ def _show(
 
     if n < 1:
         raise UsageError(f"Expected --n to be a positive number of examples. Got {n} instead.")
-    result = load(file, format=format, columns=column or None, image_root=image_root, limit=n)
+    result = load(
+        file,
+        format=format,
+        columns=column or None,
+        image_root=image_root,
+        limit=n,
+        answer_is_index=answer_is_index,
+        yes_no_01=yes_no_01,
+        duplicate_ids=duplicate_ids,
+        missing_image=missing_image,
+        metric=metric,
+    )
     for example in result.examples:
         table = Table(
             title=f"{example.benchmark} / {example.id}", title_justify="left", show_header=False
         )
         table.add_column("field", style="bold")
         table.add_column("value")
-        image = example.image
         table.add_row("question", example.question)
         if example.hint:
             table.add_row("hint", example.hint)
@@ -153,8 +205,13 @@ def _show(
             table.add_row(f"option {label}", option)
         table.add_row("answers", ", ".join(example.answers) or "(none)")
         table.add_row("category", example.category or "(none)")
+        if example.metric != "vqa" and not example.is_multiple_choice:
+            table.add_row("metric", example.metric)
+        images = example.decoded_images()
+        pairs = zip(images, example.images, strict=True)
+        sizes = [f"{im.width}x{im.height}, {len(b)} bytes" for im, b in pairs]
         table.add_row(
-            "image", f"{image.width}x{image.height}, {len(example.image_bytes or b'')} bytes"
+            "image" if len(sizes) <= 1 else "images", "; ".join(sizes) or "(none: text-only)"
         )
         for key, value in example.metadata.items():
             table.add_row(key, value)

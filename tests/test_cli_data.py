@@ -6,6 +6,8 @@ import base64
 import csv
 import re
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -99,3 +101,26 @@ def test_missing_file_exits_1(tmp_path, capsys):
 def test_every_help_has_an_example(command, capsys):
     assert main([*command, "--help"]) == 0
     assert "Example: priorscope" in capsys.readouterr().out
+
+
+def test_show_lists_every_image_and_marks_text_only_rows(tmp_path, capsys):
+    def struct(colour: int) -> dict[str, object]:
+        return {
+            "bytes": encode_png(Image.new("RGB", (4 + colour, 4), (colour, 0, 0))),
+            "path": None,
+        }
+
+    path = tmp_path / "mixed.parquet"
+    table = {
+        "question": ["two images?", "no image?"],
+        "image": [[struct(1), struct(2)], None],
+        "answer": ["yes", "no"],
+    }
+    pq.write_table(pa.table(table), path)
+    assert main(["data", "show", str(path), "--n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "images" in out and "5x4" in out and "6x4" in out
+    assert "(none: text-only)" in out
+    assert main(["data", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 text-only, 1 with several images" in out and "Note:" in out

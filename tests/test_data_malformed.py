@@ -181,7 +181,7 @@ CASES: dict[str, Case] = {
             or {"path": t / "d.parquet"}
         ),
         BadRowError,
-        r"column 'image': Expected an image as a \{bytes, path\} struct, bytes or a path\. Got int",
+        r"column 'image': Expected an image as a \{bytes, path\} struct, bytes, a path or a list",
     ),
     "unknown format name": (
         lambda t: {"path": _tsv(t / "d.tsv", [_row()]), "format": "tvs"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from priorscope.engine.data import Example
+from priorscope.engine.data.normalize import anls, levenshtein, relaxed_match
 from priorscope.engine.data.scoring import (
     NUMBER_WORDS,
     answer_vocabulary,
@@ -171,3 +173,229 @@ def test_answer_vocabulary_and_candidates():
         candidates(examples[0])
     with pytest.raises(UsageError, match="gold answer"):
         score(Example(id="7", question="q", answers=()), "x")
+
+
+# -- issue 16, defect 3: an explicit announcement outranks other letters ----------------------
+ANIMALS = ("cat", "dog", "bird", "fish")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "The answer is B. Option (A) is a cat.",
+        "A. cat - incorrect. B. dog - correct.",
+        "A cat would have pointed ears. So the correct choice is B.",
+        "Option A shows a cat, which is wrong. The answer is B.",
+        "Answer: A is incorrect, the answer is B",
+    ],
+)
+def test_announcement_outranks_parenthesised_and_leading_letters(reply):
+    assert extract_choice(reply, ANIMALS) == "B"
+
+
+# -- defect 4: announcements that were not recognised -----------------------------------------
+@pytest.mark.parametrize(
+    ("reply", "letter"),
+    [
+        ("The answer is: B", "B"),
+        ("Choice: C", "C"),
+        ("The correct option is C.", "C"),
+        ("B is correct.", "B"),
+        ("the answer is b", "B"),
+        ("I choose D.", "D"),
+        ("I would go with C.", "C"),
+        ("\\boxed{B}", "B"),
+        ("$\\boxed{\\text{C}}$", "C"),
+        ("Final answer: **D**", "D"),
+        ("The answer is a cat.", "A"),  # the article, then option A's text
+        ("The answer is A dog.", "B"),  # "A dog" names option B, not option A
+        ("The answer is A and C.", None),  # several letters for one choice
+        ("the answer is e", None),  # out of range
+    ],
+)
+def test_announcement_forms(reply, letter):
+    assert extract_choice(reply, ANIMALS) == letter
+
+
+@given(
+    st.integers(0, 3),
+    st.sampled_from(
+        [
+            "The answer is {}",
+            "the answer is {}.",
+            "Answer: ({})",
+            "The correct option is {}.",
+            "{} is correct",
+            "I choose {}",
+            "\\boxed{{{}}}",
+            "Looking closely, the animal has fins (see A? no). So the answer is {}.",
+        ]
+    ),
+    st.booleans(),
+)
+def test_announced_letter_wins_in_any_form(index, pattern, lower):
+    letter = "ABCD"[index]
+    text = pattern.format(letter.lower() if lower and "{} is" not in pattern else letter)
+    assert extract_choice(text, ANIMALS) == letter
+
+
+@given(replies, st.integers(1, 6))
+def test_extracted_letter_is_always_in_range(reply, n):
+    letter = extract_choice(reply, tuple(f"option {i}" for i in range(n)))
+    assert letter is None or letter in "ABCDEF"[:n]
+
+
+def test_option_inside_a_longer_option_does_not_tie():
+    options = ("red", "dark red", "blue")
+    assert extract_choice("It is dark red.", options) == "B"
+    assert extract_choice("It is red.", options) == "A"
+
+
+# -- defect 5: open-answer normalisation -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "normal"),
+    [
+        ("U.S.A.", "usa"),
+        ("10 a.m.", "10 am"),
+        ("none", "0"),
+        (".5", "0.5"),
+        ("0.5", "0.5"),
+        ("5.", "5"),
+        ("3.14", "3.14"),
+        ("1,000", "1000"),
+        ("A", "a"),  # nothing but an article: kept
+        ("The", "the"),
+        ("Twenty", "20"),
+    ],
+)
+def test_vqa_normalisation_points(text, normal):
+    assert normalize_answer(text) == normal
+
+
+def test_leading_decimal_point_is_not_an_integer():
+    assert normalize_answer(".5") != normalize_answer("5")
+    example = Example(id="d", question="q", answers=("0.5",))
+    assert score(example, ".5").score == 1.0 and score(example, "5").score == 0.0
+    assert score(Example(id="u", question="q", answers=("usa",)), "U.S.A.").score == 1.0
+    assert score(Example(id="n", question="q", answers=("0",)), "None").score == 1.0
+
+
+@given(st.text(alphabet=string.ascii_letters + string.digits + " .,'-", max_size=30))
+def test_normalize_output_has_no_stray_periods(text):
+    # A period survives only as a decimal point, between two digits.
+    assert not re.search(r"(?<!\d)\.|\.(?!\d)", normalize_answer(text))
+
+
+# -- defect 6: yes/no ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        ("yes/no", None),
+        ("Yes.\nNo.", None),
+        ("No, yes.", None),
+        ("Yes or no", None),
+        ("Not really", "no"),
+        ("Not really.", "no"),
+        ("Not at all", "no"),
+        ("Y", "yes"),
+        ("N", "no"),
+        ("n.", "no"),
+        ("Yes, there is no dog in the picture.", "yes"),
+        ("No, there is no dog.", "no"),
+        ("The answer is no.", "no"),
+        ("There is no dog.", "no"),
+    ],
+)
+def test_yes_no_contradictions_and_short_forms(reply, said):
+    assert normalize_yes_no(reply) == said
+    example = Example(id="y", question="q", answers=("no",))
+    assert score(example, reply).extracted == (said is not None)
+
+
+@given(
+    st.sampled_from(["yes", "Yes", "YES", "yeah"]),
+    st.sampled_from(["no", "No", "NO", "nope"]),
+    st.sampled_from(["/", ".\n", ", ", " or ", "; ", "\n"]),
+    st.booleans(),
+)
+def test_both_stand_alone_answers_give_none(yes, no, separator, yes_first):
+    first, second = (yes, no) if yes_first else (no, yes)
+    assert normalize_yes_no(f"{first}{separator}{second}") is None
+
+
+# -- defect 10: relaxed accuracy and ANLS -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prediction", "gold", "hit"),
+    [
+        ("45", "45", True),
+        ("47", "45", True),  # 4.4% off
+        ("47.26", "45", False),  # 5.02% off
+        ("42.75", "45", True),  # exactly 5% under
+        ("1,234", "1234", True),
+        ("45.", "45", True),
+        ("0", "0", True),
+        ("0.1", "0", False),
+        ("Brazil", "brazil", True),
+        ("Brasil", "Brazil", False),
+    ],
+)
+def test_relaxed_accuracy_points(prediction, gold, hit):
+    assert relaxed_match(prediction, gold) is hit
+
+
+@given(st.floats(1e-3, 1e6), st.floats(-0.2, 0.2))
+def test_relaxed_accuracy_is_the_5_percent_rule(gold, change):
+    prediction = gold * (1 + change)
+    # Round trip through text with enough digits; the boundary itself is tested above.
+    if abs(abs(change) - 0.05) > 1e-6:
+        assert relaxed_match(repr(prediction), repr(gold)) is (abs(change) <= 0.05)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "golds", "value"),
+    [
+        ("Paris", ("Paris",), 1.0),
+        ("paris ", ("Paris",), 1.0),
+        ("Pariss", ("Paris",), 5 / 6),
+        ("London", ("Paris",), 0.0),  # under the 0.5 threshold
+        ("John Smith", ("J. Smith", "John Smith"), 1.0),  # best gold
+        ("ab", ("abcd",), 0.5),  # exactly at the threshold
+    ],
+)
+def test_anls_points(prediction, golds, value):
+    assert anls(prediction, golds) == pytest.approx(value, rel=1e-12)
+
+
+short = st.text(alphabet="abc ", max_size=8)
+
+
+@given(short, short, short)
+def test_levenshtein_is_a_metric(a, b, c):
+    assert levenshtein(a, b) == levenshtein(b, a)
+    assert (levenshtein(a, b) == 0) == (a == b)
+    assert levenshtein(a, c) <= levenshtein(a, b) + levenshtein(b, c)
+    assert levenshtein(a, b) <= max(len(a), len(b))
+
+
+@given(short, st.lists(short, min_size=1, max_size=3))
+def test_anls_is_in_unit_interval_and_exact_is_one(prediction, golds):
+    value = anls(prediction, golds)
+    assert value == 0.0 or 0.5 <= value <= 1.0
+    assert anls(golds[0], golds) == 1.0
+
+
+def test_score_dispatches_on_the_example_metric():
+    chart = Example(id="c", question="q", answers=("45",), metric="relaxed")
+    assert score(chart, "The answer is 46.").score == 1.0
+    assert score(chart, "").extracted is False
+    doc = Example(id="d", question="q", answers=("ACME Corp",), metric="anls")
+    result = score(doc, "ACME Corp.")
+    assert (
+        result.extracted
+        and result.answer == "ACME Corp."
+        and result.score == pytest.approx(1 - 1 / 10, rel=1e-12)
+    )
+    yes_no_chart = Example(id="y", question="q", answers=("Yes",), metric="relaxed")
+    assert score(yes_no_chart, "yes").score == 1.0

@@ -2,9 +2,10 @@
 
 ``load`` reads the whole file and returns a :class:`LoadResult` whose ``examples`` is a list (a
 list rather than an iterator because VLMEvalKit rows may reuse the image of any other row, and
-duplicate ids can only be ruled out after the last row). With ``on_bad="error"`` (the default)
-the first bad row raises a :class:`~priorscope.engine.data.problems.BadRowError` naming file,
-row, column and what was expected; with ``on_bad="skip"`` bad rows are skipped, each recorded in
+conventions such as answer indices and repeated ids are decided per file, after the last row;
+see :mod:`priorscope.engine.data.conventions`). With ``on_bad="error"`` (the default) the first
+bad row raises a :class:`~priorscope.engine.data.problems.BadRowError` naming file, row, column
+and what was expected; with ``on_bad="skip"`` bad rows are skipped, each recorded in
 ``LoadResult.skipped`` and written to a sidecar report (``<file>.skipped.tsv`` by default).
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from priorscope.engine.data.conventions import finish
 from priorscope.engine.data.example import Example
 from priorscope.engine.data.formats import (
     FORMATS,
@@ -23,6 +25,7 @@ from priorscope.engine.data.formats import (
     parse_columns,
     parse_format,
 )
+from priorscope.engine.data.formats.base import Conventions
 from priorscope.engine.data.problems import BadRowError, RowProblem
 from priorscope.engine.errors import DataError, UsageError
 
@@ -31,13 +34,19 @@ ON_BAD = ("error", "skip")
 
 @dataclass(frozen=True)
 class LoadResult:
-    """The examples of one file, the rows skipped on the way, and where they were reported."""
+    """The examples of one file, the rows skipped on the way, and where they were reported.
+
+    ``notes`` describe each file-level convention applied (derived ids, answer indices, 1/0
+    yes/no answers, text-only rows, the metric); ``n_derived_ids`` counts rows given a derived id.
+    """
 
     path: Path
     format: str
     examples: list[Example]
     skipped: tuple[RowProblem, ...] = ()
     report_path: Path | None = None
+    notes: tuple[str, ...] = ()
+    n_derived_ids: int = 0
 
     @property
     def n_rows(self) -> int:
@@ -73,6 +82,11 @@ def load(
     max_pixels: int | None = None,
     decode_images: bool = False,
     report_path: str | Path | None = None,
+    answer_is_index: bool | None = None,
+    yes_no_01: bool | None = None,
+    duplicate_ids: str = "auto",
+    missing_image: str = "auto",
+    metric: str = "auto",
 ) -> LoadResult:
     """Return the examples of benchmark file ``path`` (see the module docstring).
 
@@ -80,15 +94,18 @@ def load(
     ``llava-jsonl``/``jsonl``; detected from the extension and content when None). ``columns``
     maps fields to file columns, as a dict or ``"field=column"`` strings. ``image_root`` is the
     folder image paths are relative to (default: the file's folder). ``benchmark`` names rows
-    without a ``benchmark`` column (default: the file stem). ``limit`` stops after that many
-    examples. ``max_pixels`` bounds image size; ``decode_images`` decodes every image fully
-    instead of reading only its header.
+    without a ``benchmark`` column (default: the file stem). ``limit`` keeps the first that many
+    examples (the conventions are still decided on the whole file). ``max_pixels`` bounds image
+    size; ``decode_images`` decodes every image fully instead of reading only its header.
+    ``answer_is_index``, ``yes_no_01``, ``duplicate_ids``, ``missing_image`` and ``metric`` fix
+    the file-level conventions (:class:`~priorscope.engine.data.formats.base.Conventions`).
     """
     source = Path(path)
     if not source.is_file():
         raise DataError(
             f"Expected a benchmark file at {str(source)!r}. Got no such file instead. Check the path."
         )
+    conventions = Conventions(answer_is_index, yes_no_01, duplicate_ids, missing_image, metric)
     opts = ReadOptions(
         path=source,
         format=parse_format(format) if format else detect_format(source),
@@ -97,6 +114,7 @@ def load(
         benchmark=benchmark,
         max_pixels=max_pixels,
         decode_images=decode_images,
+        conventions=conventions,
     )
     if opts.image_root is not None and not opts.image_root.is_dir():
         raise UsageError(
@@ -104,34 +122,30 @@ def load(
             "one, instead."
         )
     policy, cap = parse_on_bad(on_bad), parse_limit(limit)
+    done = finish(list(FORMATS[opts.format](opts)), opts)
+    examples, skipped = _partition(done.items, policy, cap)
+    report = None
+    if skipped:
+        report = write_skip_report(skipped, _report_path(source, report_path))
+    return LoadResult(
+        source, opts.format, examples, tuple(skipped), report, tuple(done.notes), done.n_derived_ids
+    )
+
+
+def _partition(
+    items: Sequence[Example | RowProblem], policy: str, cap: int | None
+) -> tuple[list[Example], list[RowProblem]]:
+    """Return (examples up to ``cap``, skipped rows); raise on the first bad row under 'error'."""
     examples: list[Example] = []
     skipped: list[RowProblem] = []
-    first_row: dict[str, int] = {}
-    for item in FORMATS[opts.format](opts):
+    for item in items:
         if isinstance(item, RowProblem):
             if policy == "error":
                 raise BadRowError(item)
             skipped.append(item)
-            continue
-        _check_unique(item, first_row, opts)
-        examples.append(item)
-        if cap is not None and len(examples) >= cap:
-            break
-    report = None
-    if skipped:
-        report = write_skip_report(skipped, _report_path(source, report_path))
-    return LoadResult(source, opts.format, examples, tuple(skipped), report)
-
-
-def _check_unique(example: Example, first_row: dict[str, int], opts: ReadOptions) -> None:
-    row = example.source.row if example.source else -1
-    if example.id in first_row:
-        raise DataError(
-            f"{opts.path.name}, row {row}: Expected unique ids. Got id {example.id!r} again "
-            f"(first seen in row {first_row[example.id]}) instead. Give every row its own id; "
-            "later stages key their results on it."
-        )
-    first_row[example.id] = row
+        elif cap is None or len(examples) < cap:
+            examples.append(item)
+    return examples, skipped
 
 
 def _report_path(source: Path, requested: str | Path | None) -> Path:

@@ -1,22 +1,24 @@
 """Score a model's text answer against an Example, as VLM evaluators (VLMEvalKit, lmms-eval) do.
 
-- Multiple choice: the option letter is extracted by ranked patterns (first that fires wins):
-  1. the whole reply is a letter, possibly decorated: ``B``, ``b``, ``(B)``, ``B.``, ``**B**``;
-  2. exactly one distinct in-range letter in parentheses anywhere: ``... so (B).``;
-  3. a letter opening the reply followed by ``.``, ``)`` or ``:``: ``B. yellow``;
-  4. an announced letter: ``the answer is B``, ``answer: B``, ``option B``, ``choice (B)``;
-  5. the option text: the reply normalises to exactly one option's text, or contains exactly
-     one option's text as whole words.
-  Letters must be within the example's options; a case where two letters tie is not extracted.
-- Yes/no (every gold answer normalises to ``yes`` or ``no``): the reply's first word if it is a
-  yes/no word (yes, yeah, yep, true, correct / no, nope, false, incorrect), else the only one of
-  ``yes``/``no`` the reply contains.
-- Other open answers: exact match after :func:`normalize_answer` (case, punctuation, articles,
-  number words to digits), after stripping a leading "the answer is"/"answer:". With several
-  gold answers, VQA soft accuracy: the mean over the leave-one-out subsets of the golds of
-  ``min(1, matches / 3)`` (10 subsets for the usual 10 golds).
+- Multiple choice: the option letter is extracted by ranked rules (a bare letter, an announced
+  letter, a parenthesised one, a leading one, a mentioned one, the option text; see
+  :mod:`priorscope.engine.data.extraction`). Letters must be within the example's options.
+- Yes/no (every gold answer normalises to ``yes`` or ``no``, and the metric is ``vqa``): the
+  reply's yes or no, None when it says neither or contradicts itself
+  (:func:`~priorscope.engine.data.extraction.normalize_yes_no`).
+- Other open answers, by ``Example.metric``, after the reply's first line is taken and a leading
+  "the answer is"/"answer:" dropped:
+
+  - ``vqa``: exact match after :func:`normalize_answer` (case, punctuation, articles, number
+    words to digits). With several gold answers, VQA soft accuracy: the mean over the
+    leave-one-out subsets of the golds of ``min(1, matches / 3)``.
+  - ``relaxed`` (ChartQA): 1 when the answer is within 5% of some gold number, or equals some
+    gold text after normalisation.
+  - ``anls`` (DocVQA, InfoVQA): the best ``1 - edit distance / length`` over the golds
+    (lowercased, whitespace collapsed), 0 when under 0.5.
 
 Every scorer returns a score in [0, 1] and says whether an answer could be extracted at all.
+engine/data/COMPATIBILITY.md lists where this differs from VLMEvalKit's rule-based scoring.
 """
 
 from __future__ import annotations
@@ -26,17 +28,38 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from priorscope.engine.data.example import OPTION_LABELS, Example
+from priorscope.engine.data.example import METRICS, Example
+from priorscope.engine.data.extraction import (
+    NO_WORDS,
+    YES_WORDS,
+    extract_choice,
+    normalize_yes_no,
+)
+from priorscope.engine.data.normalize import (
+    ARTICLES,
+    NUMBER_WORDS,
+    anls,
+    normalize_answer,
+    relaxed_match,
+)
 from priorscope.engine.errors import UsageError
 
-ARTICLES = frozenset({"a", "an", "the"})
-_NUMBER_NAMES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen twenty"
-)
-NUMBER_WORDS: dict[str, str] = {word: str(i) for i, word in enumerate(_NUMBER_NAMES.split(" "))}
-YES_WORDS = frozenset({"yes", "yeah", "yep", "true", "correct"})
-NO_WORDS = frozenset({"no", "nope", "false", "incorrect"})
+__all__ = [
+    "ARTICLES",
+    "METRICS",
+    "NO_WORDS",
+    "NUMBER_WORDS",
+    "YES_WORDS",
+    "Score",
+    "answer_vocabulary",
+    "candidates",
+    "extract_choice",
+    "extract_open",
+    "normalize_answer",
+    "normalize_yes_no",
+    "score",
+    "soft_accuracy",
+]
 
 
 @dataclass(frozen=True)
@@ -48,74 +71,19 @@ class Score:
     extracted: bool
 
 
-def normalize_answer(text: str) -> str:
-    """Return ``text`` lowercased, without punctuation or articles, number words as digits."""
-    text = text.lower().replace("\u2019", "'")
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
-    text = re.sub(r"(?<=\d)\.(?=\d)", "\x00", text)  # keep decimal points through the next step
-    text = text.replace("'", "")
-    text = re.sub(r"[^\w\s\x00]|_", " ", text).replace("\x00", ".")
-    words = [NUMBER_WORDS.get(w, w) for w in text.split() if w not in ARTICLES]
-    return " ".join(words)
+_ANNOUNCEMENT = re.compile(r"^\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?\s*", re.I)
 
 
-def normalize_yes_no(text: str) -> str | None:
-    """Return 'yes' or 'no' for a reply that says so, None when it says neither or both."""
-    words = normalize_answer(text).split()
-    if not words:
-        return None
-    if words[0] in YES_WORDS:
-        return "yes"
-    if words[0] in NO_WORDS:
-        return "no"
-    said = {w for w in words if w in ("yes", "no")}
-    return said.pop() if len(said) == 1 else None
-
-
-_BARE = re.compile(r"[\s(\[*'\"]*([A-Za-z])[\s)\].:*'\"]*")
-_PAREN = re.compile(r"\(([A-Z])\)")
-_LEADING = re.compile(r"\s*\**([A-Z])\**[.):]")
-_ANNOUNCED = re.compile(
-    r"(?i:\banswer\s*(?:is|:)|\boption|\bchoice)\s*(?i:option\s*)?[(*\s]*([A-Z])(?![A-Za-z])"
-)
-
-
-def extract_choice(text: str, options: Sequence[str]) -> str | None:
-    """Return the option letter the reply ``text`` picks, or None (rules in the module doc)."""
-    labels = OPTION_LABELS[: len(options)]
-    bare = _BARE.fullmatch(text)
-    if bare and bare.group(1).upper() in labels:
-        return bare.group(1).upper()
-    in_parens = {x for x in _PAREN.findall(text) if x in labels}
-    if len(in_parens) == 1:
-        return in_parens.pop()
-    leading = _LEADING.match(text)
-    if leading and leading.group(1) in labels:
-        return leading.group(1)
-    announced = [x for x in _ANNOUNCED.findall(text) if x in labels]
-    if announced and len(set(announced)) == 1:
-        return announced[0]
-    return _match_option_text(text, options, labels)
-
-
-def _match_option_text(text: str, options: Sequence[str], labels: str) -> str | None:
-    reply = normalize_answer(text)
-    if not reply:
-        return None
-    normalised = [normalize_answer(o) for o in options]
-    exact = {labels[i] for i, o in enumerate(normalised) if o and o == reply}
-    if len(exact) == 1:
-        return exact.pop()
-    padded = f" {reply} "
-    contained = {labels[i] for i, o in enumerate(normalised) if o and f" {o} " in padded}
-    return contained.pop() if len(contained) == 1 else None
+def open_reply(text: str) -> str:
+    """Return the reply's first non-empty line without a leading 'the answer is'/'answer:'."""
+    lines = [line for line in text.strip().split("\n") if line.strip()]
+    first = lines[0] if lines else ""
+    return _ANNOUNCEMENT.sub("", first).strip()
 
 
 def extract_open(text: str) -> str:
     """Return the normalised open answer in a reply, dropping a leading 'the answer is'."""
-    first = text.strip().split("\n", 1)[0] if text.strip() else ""
-    first = re.sub(r"^\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*", "", first, flags=re.I)
-    return normalize_answer(first)
+    return normalize_answer(open_reply(text))
 
 
 def soft_accuracy(prediction: str, golds: Sequence[str]) -> float:
@@ -138,6 +106,15 @@ def score(example: Example, text: str) -> Score:
         letter = extract_choice(text, example.options)
         hit = letter is not None and letter in example.answers
         return Score(letter, float(hit), letter is not None)
+    if example.metric in ("relaxed", "anls"):
+        reply = open_reply(text)
+        if not reply:
+            return Score(None, 0.0, False)
+        if example.metric == "relaxed":
+            value = float(any(relaxed_match(reply, gold) for gold in example.answers))
+        else:
+            value = anls(reply, example.answers)
+        return Score(reply, value, True)
     golds = [normalize_answer(g) for g in example.answers]
     prediction = normalize_yes_no(text) if _is_yes_no(golds) else (extract_open(text) or None)
     if prediction is None:

@@ -26,6 +26,10 @@ class DataSummary:
     n_open: int = 0
     n_unanswered: int = 0
     n_counter_prior: int = 0
+    n_text_only: int = 0
+    n_multi_image: int = 0
+    n_derived_ids: int = 0
+    notes: tuple[str, ...] = ()
     skipped: tuple[RowProblem, ...] = ()
     report_path: str | None = None
 
@@ -55,6 +59,10 @@ def summarize(result: LoadResult) -> DataSummary:
         n_open=sum(not e.is_multiple_choice for e in examples),
         n_unanswered=sum(not e.answers for e in examples),
         n_counter_prior=sum(e.metadata.get("counter_prior") == "1" for e in examples),
+        n_text_only=sum(not e.has_image for e in examples),
+        n_multi_image=sum(len(e.images) > 1 for e in examples),
+        n_derived_ids=result.n_derived_ids,
+        notes=result.notes,
         skipped=result.skipped,
         report_path=str(result.report_path) if result.report_path else None,
     )

@@ -1,23 +1,27 @@
-"""What every format reader shares: its options, field names, and the checks that make an Example.
+"""What every format reader shares: its options, field names, and the checks that make a row.
 
-A reader is a function ``read(opts: ReadOptions) -> Iterator[Example | RowProblem]``: it yields
-one item per data row, in file order. Problems with the whole file (unreadable, a required
-column missing) raise :class:`~priorscope.engine.errors.DataError` instead, because no row of
-such a file can be trusted.
+A reader is a function ``read(opts: ReadOptions) -> Iterator[Draft | RowProblem]``: it yields
+one item per data row, in file order. A :class:`Draft` is a row turned into an Example whose
+multiple-choice answers are still as the file spells them; the conventions that need the whole
+file (answer letters, indices or texts; repeated ids; 1/0 yes/no answers; the scoring metric)
+are applied afterwards by :mod:`priorscope.engine.data.conventions`. Problems with the whole
+file (unreadable, a required column missing) raise :class:`~priorscope.engine.errors.DataError`
+instead, because no row of such a file can be trusted.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from priorscope.engine.data.example import OPTION_LABELS, Example, SourceRef
+from priorscope.engine.data.example import METRICS, Example, SourceRef
 from priorscope.engine.data.images import decode_image, open_image, read_image_file
 from priorscope.engine.data.problems import RowFault, RowProblem
-from priorscope.engine.errors import DataError, ImageError, did_you_mean
+from priorscope.engine.errors import DataError, ImageError, UsageError, did_you_mean
 
 # Fields a column mapping can name: {field: column in the file}.
 FIELDS: tuple[str, ...] = (
@@ -31,6 +35,53 @@ FIELDS: tuple[str, ...] = (
     "category",
     "benchmark",
 )
+# What a row without any image becomes: "auto" follows each format's convention (a null image
+# in parquet and a missing "image" key in JSONL mean a text-only item; an empty TSV cell is an
+# error), "text-only" accepts every such row, "error" refuses every such row.
+MISSING_IMAGE = ("auto", "text-only", "error")
+# Repeated ids: "auto" derives unique ids in parquet and JSONL files (LLaVA's and lmms-eval's
+# MME and TextVQA files repeat question_id, one per image) and refuses them in VLMEvalKit TSV
+# (whose image references need unique indices); "derive" and "error" force one behaviour.
+DUPLICATE_IDS = ("auto", "derive", "error")
+# Cells that mean "no value" in option and hint columns: what pandas writes for NaN as text.
+NAN_TEXTS = frozenset({"nan"})
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """How to read the conventions that differ between benchmark files (see ``load``).
+
+    ``answer_is_index``: None detects, per file, whether integer answers of multiple-choice rows
+    are 0-based option indices (AI2D, ScienceQA) or option texts; True/False force it.
+    ``yes_no_01``: None maps 1/0 answers to yes/no when the column is ``gt_answer``
+    (HallusionBench), True maps them in any answer column, False never. ``metric``: ``auto``
+    picks it from the benchmark name (ChartQA, PlotQA: relaxed; DocVQA, InfoVQA: anls; else vqa).
+    """
+
+    answer_is_index: bool | None = None
+    yes_no_01: bool | None = None
+    duplicate_ids: str = "auto"
+    missing_image: str = "auto"
+    metric: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("--duplicate-ids", self.duplicate_ids, DUPLICATE_IDS),
+            ("--missing-image", self.missing_image, MISSING_IMAGE),
+            ("--metric", self.metric, ("auto", *METRICS)),
+        ):
+            if value not in allowed:
+                raise UsageError(
+                    f"Expected {name} to be one of: {', '.join(allowed)}. Got {value!r} instead."
+                )
+        for name, flag in (
+            ("answer_is_index", self.answer_is_index),
+            ("yes_no_01", self.yes_no_01),
+        ):
+            if flag is not None and not isinstance(flag, bool):
+                raise UsageError(
+                    f"Expected {name} to be True, False or None. Got {flag!r} instead."
+                )
 
 
 @dataclass(frozen=True)
@@ -44,6 +95,7 @@ class ReadOptions:
     benchmark: str | None = None
     max_pixels: int | None = None
     decode_images: bool = False
+    conventions: Conventions = field(default_factory=Conventions)
 
     @property
     def root(self) -> Path:
@@ -56,7 +108,20 @@ class ReadOptions:
         return self.benchmark or self.path.stem
 
 
-Reader = Callable[[ReadOptions], Iterator[Example | RowProblem]]
+@dataclass(frozen=True)
+class Draft:
+    """A row read into an Example whose multiple-choice answers are still as in the file.
+
+    ``line`` is the 1-based line where the row starts (0 for parquet); ``columns`` names the
+    file column of each field, for messages.
+    """
+
+    example: Example
+    line: int
+    columns: Mapping[str, str]
+
+
+Reader = Callable[[ReadOptions], Iterator[Draft | RowProblem]]
 
 
 def parse_columns(columns: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
@@ -105,11 +170,41 @@ def require_column(
     return column
 
 
+def is_missing(value: object) -> bool:
+    """Return True for None and float NaN (what pandas and pyarrow use for an empty cell)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def clean_text(value: object) -> str:
-    """Return ``value`` as stripped text; None becomes ''."""
-    if value is None:
+    """Return ``value`` as stripped text; None and NaN become ''."""
+    if is_missing(value):
         return ""
     return str(value).strip()
+
+
+def optional_text(value: object) -> str:
+    """Return an option or hint cell as text; '' for None, NaN and the text 'nan'.
+
+    pandas writes a missing option or hint as NaN, which becomes the text "nan" once a file is
+    converted with ``astype(str)``; VLMEvalKit drops such cells, so they are no option here.
+    """
+    text = clean_text(value)
+    return "" if text.lower() in NAN_TEXTS else text
+
+
+def parse_list_literal(text: str) -> list[object] | None:
+    """Return the list a JSON or Python list literal spells, or None when it is no list."""
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return list(value) if isinstance(value, list | tuple) else None
 
 
 def parse_answers(value: object, column: str) -> tuple[str, ...]:
@@ -118,17 +213,13 @@ def parse_answers(value: object, column: str) -> tuple[str, ...]:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("[") and text.endswith("]"):
-            try:
-                items = json.loads(text)
-            except ValueError:
-                try:
-                    items = ast.literal_eval(text)
-                except (ValueError, SyntaxError) as exc:
-                    raise RowFault(
-                        column,
-                        f"Expected an answer or a list of answers. Got {text[:60]!r}, which "
-                        "looks like a list but does not parse, instead.",
-                    ) from exc
+            items = parse_list_literal(text)
+            if items is None:
+                raise RowFault(
+                    column,
+                    f"Expected an answer or a list of answers. Got {text[:60]!r}, which "
+                    "looks like a list but does not parse, instead.",
+                )
         else:
             items = [text]
     if isinstance(items, list | tuple):
@@ -146,24 +237,6 @@ def _answer_text(item: object) -> str:
     if isinstance(item, Mapping) and "answer" in item:
         return clean_text(item["answer"])
     return clean_text(item)
-
-
-def mc_answer(answers: tuple[str, ...], options: tuple[str, ...], column: str) -> tuple[str, ...]:
-    """Return the gold option letters; an answer equal to an option's text becomes its letter."""
-    labels = OPTION_LABELS[: len(options)]
-    letters = []
-    for answer in answers:
-        if answer in labels:
-            letters.append(answer)
-        elif answer in options:
-            letters.append(labels[options.index(answer)])
-        else:
-            raise RowFault(
-                column,
-                f"Expected the answer to be one of the option letters {', '.join(labels)} or "
-                f"an option's text. Got {answer!r} instead.",
-            )
-    return tuple(letters)
 
 
 def contiguous_options(cells: Sequence[tuple[str, str]]) -> tuple[str, ...]:
@@ -202,23 +275,28 @@ def _strip_where(message: str, where: str) -> str:
 
 @dataclass
 class RowFields:
-    """The parsed fields of one row, before they become an Example."""
+    """The parsed fields of one row, before they become an Example.
+
+    ``images`` holds every image of the row in order (empty: none). ``absent_means_text_only``
+    says the format's convention reads a row without an image as a text-only item.
+    """
 
     id: str
     question: str
     answers: tuple[str, ...]
-    image: bytes | None
+    images: tuple[bytes, ...]
     options: tuple[str, ...] = ()
     hint: str = ""
     category: str = ""
     benchmark: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    absent_means_text_only: bool = False
 
 
-def build_example(
-    fields: RowFields, opts: ReadOptions, row: int, columns: Mapping[str, str]
-) -> Example:
-    """Return the Example for ``fields`` after the checks every format shares.
+def build_draft(
+    fields: RowFields, opts: ReadOptions, row: int, columns: Mapping[str, str], line: int = 0
+) -> Draft:
+    """Return the Draft for ``fields`` after the checks every format shares.
 
     ``columns`` names the file column of each field, for error messages.
     """
@@ -226,26 +304,45 @@ def build_example(
         raise RowFault(columns.get("id", "id"), "Expected a non-empty id. Got '' instead.")
     if not fields.question:
         raise RowFault(columns.get("question", "question"), "Expected a question. Got '' instead.")
-    if fields.image is None:
-        raise RowFault(
-            columns.get("image", "image"),
-            "Expected an image (inline or a path). Got neither instead.",
-        )
-    check_image(fields.image, opts, f"{opts.path.name} row {row}")
-    answers = fields.answers
-    if fields.options and answers:
-        answers = mc_answer(answers, fields.options, columns.get("answer", "answer"))
-    return Example(
+    if not fields.images:
+        _check_text_only(fields, opts, columns)
+    for i, data in enumerate(fields.images):
+        where = f"{opts.path.name} row {row}"
+        try:
+            check_image(data, opts, where)
+        except RowFault as fault:
+            if len(fields.images) == 1:
+                raise
+            raise RowFault(
+                columns.get("image", "image"),
+                f"Image {i + 1} of the row's {len(fields.images)} images: {fault.reason}",
+            ) from fault
+    first, *rest = fields.images or (None,)
+    example = Example(
         id=fields.id,
         question=fields.question,
-        answers=answers,
-        image_bytes=fields.image,
+        answers=fields.answers,
+        image_bytes=first,
         options=fields.options,
         hint=fields.hint,
         category=fields.category,
         benchmark=fields.benchmark or opts.default_benchmark,
         metadata=dict(fields.metadata),
         source=SourceRef(str(opts.path), opts.format, row),
+        extra_images=tuple(b for b in rest if b is not None),
+    )
+    return Draft(example, line, dict(columns))
+
+
+def _check_text_only(fields: RowFields, opts: ReadOptions, columns: Mapping[str, str]) -> None:
+    policy = opts.conventions.missing_image
+    if policy == "text-only" or (policy == "auto" and fields.absent_means_text_only):
+        return
+    raise RowFault(
+        columns.get("image", "image"),
+        "Expected an image (inline or a path). Got neither instead. If the benchmark has "
+        "text-only questions (ScienceQA, HallusionBench), pass --missing-image text-only to "
+        "load such rows as text-only items.",
     )
 
 

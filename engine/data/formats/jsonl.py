@@ -1,11 +1,14 @@
 """LLaVA-style JSONL: one JSON object per line, images as files in an image folder.
 
-Fields found by name (remap with ``columns={field: key}``): id from ``question_id`` or ``id``;
-image from ``image`` (a path relative to the image folder, by default the file's own folder;
-paths that resolve outside it are refused); question from ``text``, ``question`` or ``prompt``;
-optional gold answers from ``answer``, ``answers`` or ``gpt_answer``; optional ``options`` (a
-list); optional ``hint``, ``category``, ``benchmark``. Other scalar fields go to metadata as text.
-The row number of a line is its 0-based line number in the file; blank lines are ignored.
+Fields found by name (remap with ``columns={field: key}``): id from ``question_id`` or ``id``
+(LLaVA's MME and TextVQA files repeat it; see ``duplicate_ids`` in ``load``); image from
+``image`` (a path relative to the image folder, by default the file's own folder, or a list of
+paths for a multi-image row; paths that resolve outside the folder are refused); a line without
+an ``image`` key is a text-only item, as LLaVA's own loaders read it (ScienceQA); question from
+``text``, ``question`` or ``prompt``; optional gold answers from ``answer``, ``answers``,
+``gpt_answer`` or ``label`` (POPE); optional ``options`` (a list); optional ``hint``,
+``category``, ``benchmark``. Other scalar fields go to metadata as text. The row number of a
+line is its 0-based line number in the file; blank lines are ignored.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from priorscope.engine.data.example import OPTION_LABELS, Example
+from priorscope.engine.data.example import OPTION_LABELS
 from priorscope.engine.data.formats.base import (
+    Draft,
     ReadOptions,
     RowFields,
-    build_example,
+    build_draft,
     clean_text,
     contiguous_options,
     image_from_path,
+    optional_text,
     parse_answers,
     problem,
 )
@@ -35,7 +40,7 @@ DEFAULTS: dict[str, tuple[str, ...]] = {
     "image_path": ("image_path",),
     "question": ("text", "question", "prompt"),
     "hint": ("hint",),
-    "answer": ("answer", "answers", "gpt_answer"),
+    "answer": ("answer", "answers", "gpt_answer", "label"),
     "options": ("options", "choices"),
     "category": ("category",),
     "benchmark": ("benchmark",),
@@ -48,8 +53,8 @@ def _key(opts: ReadOptions, record: Mapping[str, Any], name: str) -> str | None:
     return next((k for k in DEFAULTS[name] if k in record), None)
 
 
-def read(opts: ReadOptions) -> Iterator[Example | RowProblem]:
-    """Yield one Example or RowProblem per non-blank line of the JSONL file ``opts.path``."""
+def read(opts: ReadOptions) -> Iterator[Draft | RowProblem]:
+    """Yield one Draft or RowProblem per non-blank line of the JSONL file ``opts.path``."""
     try:
         # Split on "\n" only: str.splitlines would also split inside JSON strings at U+2028.
         lines = opts.path.read_text(encoding="utf-8-sig").split("\n")
@@ -64,7 +69,7 @@ def read(opts: ReadOptions) -> Iterator[Example | RowProblem]:
         try:
             record = _record(text)
             names = {n: k for n in DEFAULTS if (k := _key(opts, record, n))}
-            yield build_example(_fields(record, names, opts, row), opts, row, names)
+            yield build_draft(_fields(record, names, opts, row), opts, row, names, row + 1)
         except RowFault as fault:
             yield problem(opts, row, fault, line=row + 1)
 
@@ -86,8 +91,8 @@ def _record(text: str) -> dict[str, Any]:
 def _fields(
     record: dict[str, Any], names: dict[str, str], opts: ReadOptions, row: int
 ) -> RowFields:
-    for name in ("id", "question", "image"):
-        if name not in names and not (name == "image" and "image_path" in names):
+    for name in ("id", "question"):
+        if name not in names:
             key = opts.columns.get(name, DEFAULTS[name][0])
             raise RowFault(
                 key,
@@ -98,14 +103,11 @@ def _fields(
     def get(name: str) -> Any:
         return record.get(names[name]) if name in names else None
 
-    relative = clean_text(get("image")) or clean_text(get("image_path"))
-    image_key = names.get("image") or names.get("image_path", "image")
-    image = image_from_path(opts, relative, image_key, row) if relative else None
     options: tuple[str, ...] = ()
     raw_options = get("options")
     if isinstance(raw_options, list):
         options = contiguous_options(
-            [(OPTION_LABELS[i], clean_text(v)) for i, v in enumerate(raw_options)]
+            [(OPTION_LABELS[i], optional_text(v)) for i, v in enumerate(raw_options)]
         )
     elif raw_options is not None:
         raise RowFault(
@@ -116,9 +118,9 @@ def _fields(
         id=clean_text(get("id")),
         question=clean_text(get("question")),
         answers=parse_answers(get("answer"), names["answer"]) if "answer" in names else (),
-        image=image,
+        images=_images(get("image") or get("image_path"), names, opts, row),
         options=options,
-        hint=clean_text(get("hint")),
+        hint=optional_text(get("hint")),
         category=clean_text(get("category")),
         benchmark=clean_text(get("benchmark")),
         metadata={
@@ -126,4 +128,26 @@ def _fields(
             for k, v in record.items()
             if k not in used and isinstance(v, str | int | float | bool)
         },
+        # A line without any image key is text-only (LLaVA); an explicitly mapped key must exist.
+        absent_means_text_only=not ({"image", "image_path"} & (set(names) | set(opts.columns))),
     )
+
+
+def _images(value: Any, names: dict[str, str], opts: ReadOptions, row: int) -> tuple[bytes, ...]:
+    """Return the images a line names: one path or a list of paths; () for none."""
+    key = names.get("image") or names.get("image_path", "image")
+    paths = value if isinstance(value, list) else [value]
+    out = []
+    for i, path in enumerate(paths):
+        relative = clean_text(path)
+        if not relative:
+            continue
+        try:
+            out.append(image_from_path(opts, relative, key, row))
+        except RowFault as fault:
+            if len(paths) == 1:
+                raise
+            raise RowFault(
+                key, f"Image {i + 1} of the row's {len(paths)} images: {fault.reason}"
+            ) from fault
+    return tuple(out)

@@ -1,14 +1,16 @@
 """VLMEvalKit TSV: one row per question, images inline as base64.
 
 Columns (names can be remapped with ``columns={field: column}``): ``index`` (the id), ``image``
-(base64 of the image file; a value of 64 characters or fewer is instead the ``index`` of another
-row whose image this row reuses, as VLMEvalKit writes repeated images), optional ``image_path``
-(used when ``image`` is empty; relative to the image folder), ``question``, optional ``hint``,
-option columns ``A``, ``B``, ``C``, ... (empty cells end a row's options), ``answer`` (the option
-letter for multiple choice; a JSON or Python list literal for several gold answers), optional
-``category`` and ``benchmark``. Every other column (``l2-category``, ``split``, the synth's
-``template``, ...) is kept as text in ``Example.metadata``. Only an empty cell counts as missing:
-unlike pandas, "nan" or "None" in a cell are kept as text.
+(base64 of the image file, or for a multi-image row (MMMU, BLINK) a JSON or Python list literal
+of base64 strings; a value of 64 characters or fewer is instead the ``index`` of another row
+whose image(s) this row reuses, as VLMEvalKit writes repeated images), optional ``image_path``
+(used when ``image`` is empty; relative to the image folder; a list literal for several),
+``question``, optional ``hint``, option columns ``A``, ``B``, ``C``, ... (empty cells end a
+row's options), ``answer`` (the option letter for multiple choice; a JSON or Python list literal
+for several gold answers), optional ``category`` and ``benchmark``. Every other column
+(``l2-category``, ``split``, the synth's ``template``, ...) is kept as text in
+``Example.metadata``. Only an empty cell counts as missing, except that an option or hint cell
+holding "nan" (pandas' NaN written as text) is empty too; "None" and the like are kept as text.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import csv
 import sys
 from collections.abc import Iterator
 
-from priorscope.engine.data.example import OPTION_LABELS, Example
+from priorscope.engine.data.example import OPTION_LABELS
 from priorscope.engine.data.formats.base import (
+    Draft,
     ReadOptions,
     RowFields,
-    build_example,
+    build_draft,
     contiguous_options,
     image_from_path,
+    optional_text,
     parse_answers,
+    parse_list_literal,
     pick_column,
     problem,
     require_column,
@@ -84,8 +89,8 @@ def _read_rows(opts: ReadOptions) -> tuple[list[str], list[tuple[int, int, list[
     return [h.strip() for h in header], rows
 
 
-def read(opts: ReadOptions) -> Iterator[Example | RowProblem]:
-    """Yield one Example or RowProblem per data row of the TSV ``opts.path``."""
+def read(opts: ReadOptions) -> Iterator[Draft | RowProblem]:
+    """Yield one Draft or RowProblem per data row of the TSV ``opts.path``."""
     header, rows = _read_rows(opts)
     cols = {name: pick_column(opts, header, name, d) for name, d in DEFAULTS.items()}
     require_column(opts, cols["id"], "id", DEFAULTS["id"])
@@ -120,20 +125,21 @@ def read(opts: ReadOptions) -> Iterator[Example | RowProblem]:
                 answers=parse_answers(cell(cols["answer"]), names["answer"])
                 if cols["answer"]
                 else (),
-                image=images.image(row, cells),
-                options=contiguous_options([(lb, cell(lb)) for lb in labels]),
-                hint=cell(cols["hint"]),
+                images=images.images(row, cells),
+                options=contiguous_options([(lb, optional_text(cell(lb))) for lb in labels]),
+                hint=optional_text(cell(cols["hint"])),
                 category=cell(cols["category"]),
                 benchmark=cell(cols["benchmark"]),
                 metadata={c: cell(c) for c in extra},
             )
-            yield build_example(fields, opts, row, names)
+            yield build_draft(fields, opts, row, names, line)
         except RowFault as fault:
             yield problem(opts, row, fault, line)
 
 
 class _ImageTable:
-    """Resolves a row's image: inline base64, a reference to another row, or an image path."""
+    """Resolves a row's images: inline base64 (one or a list), a reference to another row, or
+    image path(s)."""
 
     def __init__(
         self,
@@ -155,13 +161,13 @@ class _ImageTable:
                     value = cells[self.image_col].strip()
                     if len(value) > REFERENCE_MAX_CHARS:
                         self.inline.setdefault(cells[id_col].strip(), value)
-        self.decoded: dict[str, bytes] = {}
+        self.decoded: dict[str, tuple[bytes, ...]] = {}
 
-    def image(self, row: int, cells: list[str]) -> bytes | None:
-        """Return the image bytes of a row, or None when it names no image at all."""
+    def images(self, row: int, cells: list[str]) -> tuple[bytes, ...]:
+        """Return the image bytes of a row, in order; () when it names no image at all."""
         value = cells[self.image_col].strip() if self.image_col is not None else ""
         if len(value) > REFERENCE_MAX_CHARS:
-            return _b64decode(value, self.image_name)
+            return _decode_cell(value, self.image_name)
         if value:
             if value not in self.inline:
                 raise RowFault(
@@ -170,13 +176,39 @@ class _ImageTable:
                     f"row reuses (a value of {REFERENCE_MAX_CHARS} characters or fewer). Got "
                     f"{value!r}, which is no row's index with an inline image, instead.",
                 )
-            if value not in self.decoded:  # share one bytes object between reusing rows
-                self.decoded[value] = _b64decode(self.inline[value], self.image_name)
+            if value not in self.decoded:  # share the bytes objects between reusing rows
+                self.decoded[value] = _decode_cell(self.inline[value], self.image_name)
             return self.decoded[value]
         relative = cells[self.path_col].strip() if self.path_col is not None else ""
-        if relative:
-            return image_from_path(self.opts, relative, self.path_name, row)
-        return None
+        if not relative:
+            return ()
+        paths = parse_list_literal(relative) if relative.startswith("[") else None
+        if paths is None:
+            return (image_from_path(self.opts, relative, self.path_name, row),)
+        return tuple(image_from_path(self.opts, str(p).strip(), self.path_name, row) for p in paths)
+
+
+def _decode_cell(value: str, column: str) -> tuple[bytes, ...]:
+    """Return the images of an ``image`` cell: one base64 string or a list literal of them."""
+    if not value.startswith("["):
+        return (_b64decode(value, column),)
+    items = parse_list_literal(value)
+    if items is None or not items or not all(isinstance(x, str) for x in items):
+        raise RowFault(
+            column,
+            f"Expected base64 of an image file, or a list literal of base64 strings for a "
+            f"multi-image row (['iVBOR...', 'iVBOR...']). Got {len(value)} characters starting "
+            f"with {value[:12]!r} that are neither instead. Write the list with json.dumps.",
+        )
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(_b64decode(str(item), column))
+        except RowFault as fault:
+            raise RowFault(
+                column, f"Image {i + 1} of the row's {len(items)} images: {fault.reason}"
+            ) from fault
+    return tuple(out)
 
 
 def _b64decode(value: str, column: str) -> bytes:
