@@ -63,4 +63,20 @@ timeout 150 "$PY" benchmarks/capture.py --model-size 3b --device cuda --examples
     --out-json "$OUT/capture_gpu.json" 2>&1 | tee "$OUT/capture_gpu.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
 
+# ---------------------------------------------------------------------------------------------
+# Section 4: layer replacement (issue 12): suffix replay vs one hooked full forward per patch.
+# ---------------------------------------------------------------------------------------------
+timeout 120 "$PY" benchmarks/patch.py --device cuda --examples 64 \
+    --out-json "$OUT/patch_gpu.json" 2>&1 | tee "$OUT/patch_gpu.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
+
+# ---------------------------------------------------------------------------------------------
+# Section 5: torchrun capture throughput (issue 14): 1 rank, then all GPUs (2 ranks on 1 GPU).
+# ---------------------------------------------------------------------------------------------
+NGPU="$(nvidia-smi -L | wc -l)"; [ "$NGPU" -gt 1 ] && RANKS="1,$NGPU" || RANKS="1,2"
+timeout 240 "$PY" benchmarks/throughput.py --device cuda --ranks "$RANKS" --model random:3b \
+    --examples 128 --image-size 448 --batch-size 16 --shard-examples 32 --repeats 1 \
+    --out-json "$OUT/throughput_gpu.json" 2>&1 | tee "$OUT/throughput_gpu.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
+
 exit "$STATUS"
