@@ -48,7 +48,14 @@ from priorscope.engine.capture.plan import make_plan
 from priorscope.engine.data import load, synth
 from priorscope.engine.models.configs import QwenSizes, qwen_vl_model, qwen_vl_processor
 from priorscope.engine.models.wordlevel import word_tokenizer
-from priorscope.engine.store import BatchRows, ShardWriter, StoreLayout, create_store, open_store
+from priorscope.engine.store import (
+    BatchRows,
+    ShardWriter,
+    StoreLayout,
+    create_store,
+    open_for_capture,
+    open_store,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "capture.json"
 SIZES = {
@@ -244,8 +251,6 @@ def io_layout(n_examples: int) -> StoreLayout:
 
 def timed_store_write(path: Path, layout: StoreLayout, block: np.ndarray) -> float:
     """Return the seconds to write and fsync a whole store of random bf16 bits via ShardWriter."""
-    import zarr
-
     conds = [{"name": c, "kind": "clean", "sigma": 0.0} for c in layout.conditions]
     n, c = layout.n_examples, len(layout.conditions)
     create_store(
@@ -256,7 +261,7 @@ def timed_store_write(path: Path, layout: StoreLayout, block: np.ndarray) -> flo
         np.zeros((4, 2048), np.float32),
         {"weight": np.ones(2048)},
     )
-    group = zarr.open_group(str(path), mode="r+")
+    group = open_for_capture(path)
     writer = ShardWriter(group, layout, list(range(layout.n_shards)))
     t0 = time.perf_counter()
     for start in range(0, n, len(block)):
@@ -308,7 +313,7 @@ def store_io(folder: Path, n_examples: int, repeats: int = 3) -> dict[str, float
     for layer in (3, 20, 33):
         evict(path)
         t0 = time.perf_counter()
-        got = open_store(path).hidden(layer=layer - 1, committed_only=False)
+        got = open_store(path).hidden(layer=layer - 1, include_uncommitted=True)
         store_ms.append((time.perf_counter() - t0) * 1e3)
         evict(folder / "flat.npy")
         t0 = time.perf_counter()

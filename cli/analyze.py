@@ -76,7 +76,7 @@ def level_table(result: Any) -> Table:
 
 
 def decay_cmd(
-    store: Path = typer.Argument(..., help="A store written by 'priorscope capture'."),
+    store: str = typer.Argument(..., help="A store written by 'priorscope capture' (path or URL)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write every number as JSON."),
     by: str = typer.Option("benchmark", "--by", help="benchmark, or category for both levels."),
     correct_at: float = typer.Option(0.5, help="A score at or above this counts as correct."),
@@ -115,7 +115,7 @@ def decay_cmd(
 
 
 def export_cmd(
-    store: Path = typer.Argument(..., help="A store written by 'priorscope capture'."),
+    store: str = typer.Argument(..., help="A store written by 'priorscope capture' (path or URL)."),
     out: Path = typer.Option(..., "--out", help="Output file, in the benchmark's own format."),
     clean_at: float = typer.Option(0.5, help="Correct on clean: score at or above this."),
     wrong_below: float = typer.Option(0.5, help="Wrong when obfuscated: score below this."),
@@ -151,7 +151,7 @@ def export_cmd(
 
 
 def report_cmd(
-    store: Path = typer.Argument(..., help="A store written by 'priorscope capture'."),
+    store: str = typer.Argument(..., help="A store written by 'priorscope capture' (path or URL)."),
     out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write."),
     by: str = typer.Option("category", "--by", help="Lines per benchmark or per category."),
     flipped: int = typer.Option(3, help="Flipped items shown at every level."),

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from priorscope.cli.data import ANSWER_IS_INDEX, DUPLICATE_IDS, METRIC, MISSING_IMAGE, YES_NO_01
+
 console = Console()
 
 
@@ -17,7 +19,7 @@ def _capture(
         "builtin:organism", "--model", help="Checkpoint folder, cached hub name or builtin:NAME."
     ),
     data: Path = typer.Option(..., "--data", help="Benchmark file (TSV, parquet or JSONL)."),
-    out: Path = typer.Option(
+    out: str = typer.Option(
         ..., "--out", help="Store folder (STORE.zarr); an existing one is resumed."
     ),
     ladder: str = typer.Option(
@@ -52,6 +54,14 @@ def _capture(
         0, "--shard-examples", help="Examples per store shard (power of two; 0 = about 64 MiB)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    grad: bool = typer.Option(
+        False, "--grad", help="Also store margin gradients (for patch --estimate)."
+    ),
+    answer_is_index: bool | None = ANSWER_IS_INDEX,
+    yes_no_01: bool | None = YES_NO_01,
+    duplicate_ids: str = DUPLICATE_IDS,
+    missing_image: str = MISSING_IMAGE,
+    metric: str = METRIC,
 ) -> None:
     """Run the model on every example and condition and stream states and answers into a store.
 
@@ -81,6 +91,8 @@ def _capture(
         limit=limit,
         shard_examples=shard_examples,
         progress=progress,
+        grad=grad,
+        data_options=data_options(answer_is_index, yes_no_01, duplicate_ids, missing_image, metric),
     )
     path = capture(cfg)
     report = verify(path)
@@ -88,8 +100,30 @@ def _capture(
     console.print(f"Store {path}: {state}.")
 
 
+def data_options(
+    answer_is_index: bool | None,
+    yes_no_01: bool | None,
+    duplicate_ids: str,
+    missing_image: str,
+    metric: str,
+) -> dict[str, object]:
+    """Return the data-loading flags that differ from their defaults (as ``data check`` takes them).
+
+    Only the set ones are recorded, so a store captured without them keeps its identity.
+    """
+    given = {
+        "answer_is_index": answer_is_index,
+        "yes_no_01": yes_no_01,
+        "duplicate_ids": duplicate_ids,
+        "missing_image": missing_image,
+        "metric": metric,
+    }
+    defaults = {"duplicate_ids": "auto", "missing_image": "auto", "metric": "auto"}
+    return {k: v for k, v in given.items() if v is not None and v != defaults.get(k)}
+
+
 def _info(
-    store: Path = typer.Argument(..., help="Store folder."),
+    store: str = typer.Argument(..., help="Store folder or URL (s3://bucket/x.zarr)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Print what a store holds: model, data, conditions, layers, arrays and progress.
@@ -141,15 +175,23 @@ def _info(
 
 
 def _verify(
-    store: Path = typer.Argument(..., help="Store folder."),
+    store: str = typer.Argument(..., help="Store folder or URL (s3://bucket/x.zarr)."),
     deep: bool = typer.Option(
         False, "--deep", help="Also read every hidden state and check it is finite."
+    ),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="First remove leftovers of killed writers (*.partial, .NAME.zarr.creating-*).",
     ),
 ) -> None:
     """Check that every example is committed and the arrays match the schema; exit 1 if not."""
     from priorscope.engine.errors import StoreError
     from priorscope.engine.store import verify
+    from priorscope.engine.store.verify import remove_leftovers
 
+    for removed in remove_leftovers(store) if repair else []:
+        console.print(f"removed {removed}")
     report = verify(store, deep=deep)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")

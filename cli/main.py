@@ -75,7 +75,23 @@ def main(argv: list[str] | None = None) -> int:
             err_console.print_exception()
         err_console.print(f"[bold red]Error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code
+    except OSError as exc:  # a file the user named cannot be written or read: say which
+        if _STATE["debug"]:
+            err_console.print_exception()
+        err_console.print(f"[bold red]Error:[/bold red] {_os_message(exc)}", highlight=False)
+        return 1
     return 0
+
+
+def _os_message(exc: OSError) -> str:
+    """Return the one-paragraph message of a file-system error (path, reason, what to do)."""
+    where = exc.filename if exc.filename is not None else "a file"
+    reason = exc.strerror or str(exc)
+    return (
+        f"Expected to read or write {where}. Got '{reason}' instead. Check that its folder "
+        "exists (and is not a file), that you may write there, and that the disk has space; "
+        "pass --debug for the traceback."
+    )
 
 
 def entrypoint() -> None:

@@ -87,6 +87,13 @@ def build_conditions(
                 f"Expected ladder sigmas that are positive finite fractions of the short side. "
                 f"Got {s} instead. Use --total for total obfuscation."
             )
+        if s > MAX_LADDER_SIGMA:
+            # Checked here, before any store exists: the kernel would refuse it mid-capture.
+            raise UsageError(
+                f"Expected ladder sigmas of at most {MAX_LADDER_SIGMA:g} (fractions of the image's "
+                f"short side; far beyond that the image is uniform). Got {s:g} instead. Use "
+                "--total for total obfuscation."
+            )
     out = [Condition("clean", "clean", 0.0)]
     out += [Condition(blur_name(s), "blur", s) for s in sigmas]
     if total:
@@ -109,6 +116,27 @@ def parse_ladder(text: str) -> list[float]:
     return values
 
 
+# A blur of 100 short sides is already uniform; larger ones only overflow the kernel's radius.
+MAX_LADDER_SIGMA = 100.0
+
+
+def _layer_range(part: str, spec: str, num_layers: int) -> range:
+    """Return the layers of one ``start:stop:step`` part; refuse bounds outside the model."""
+    bits = [int(b) if b else None for b in part.split(":")]
+    if len(bits) > 3 or (bits[-1] == 0 and len(bits) == 3):
+        raise ValueError(part)
+    start, stop = bits[0], bits[1] if len(bits) > 1 else None
+    out_of_model = [b for b in (start, stop) if b is not None and not 0 <= b <= num_layers]
+    chosen = range(num_layers)[slice(*bits)]
+    if out_of_model or not chosen:
+        raise UsageError(
+            f"Expected a --layers range within 0:{num_layers} selecting at least one layer of "
+            f"this {num_layers}-layer model. Got {part!r} (in {spec!r}) instead. Pass e.g. "
+            f"0:{num_layers} or 'all'."
+        )
+    return chosen
+
+
 def parse_layers(spec: str, num_layers: int) -> list[int]:
     """Return the sorted layer indices a spec selects: ``all``, ``0,4,8`` or ``start:stop:step``.
 
@@ -126,8 +154,7 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
             continue
         try:
             if ":" in part:
-                bits = [int(b) if b else None for b in part.split(":")]
-                chosen.update(range(num_layers)[slice(*bits)])
+                chosen.update(_layer_range(part, spec, num_layers))
             else:
                 chosen.add(int(part))
         except ValueError:

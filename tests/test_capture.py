@@ -104,10 +104,10 @@ def reference_reductions(hidden: torch.Tensor, kinds: torch.Tensor) -> np.ndarra
 def test_store_is_complete_and_ordered_by_image_size(captured) -> None:
     _, store = captured
     assert verify(store.path, deep=True).ok
-    ids = list(store.examples("id"))
+    ids = list(store.examples().ids)
     assert sorted(ids) == [f"r{i}" for i in range(8)]
     assert ids[:5] == ["r0", "r2", "r3", "r5", "r7"]  # 56 px rows first, in dataset order
-    assert list(store.examples("source_row")) == [0, 2, 3, 5, 7, 1, 4, 6]
+    assert list(store.examples().column("source_row")) == [0, 2, 3, 5, 7, 1, 4, 6]
     assert store.condition_names == ["clean", "blur@0.04", "total", "none"]
     assert "A" in store.candidates and "yes" not in store.candidates[:4]
 
@@ -164,13 +164,13 @@ def _example(store, i: int, adapter):
     from priorscope.engine.data import load
 
     examples = {ex.id: ex for ex in load(store.attrs["dataset"]["files"][0]).examples}
-    return examples[str(store.examples("id")[i])]
+    return examples[str(store.examples().ids[i])]
 
 
 def test_fullseq_rows_equal_plain_forward(captured) -> None:
     adapter, store = captured
     fs_examples = store.fullseq_examples()
-    ids = store.examples("id")
+    ids = store.examples().ids
     assert sorted(str(ids[i]) for i in fs_examples) == ["r0", "r1"]  # first two in dataset order
     for i in fs_examples:
         rows = store.fullseq(i)
@@ -314,10 +314,10 @@ def test_gpu_capture_matches_cpu(bench: Path, tmp_path: Path) -> None:
 def test_logit_lens_from_the_store_alone(captured) -> None:
     """unembed and final_norm reproduce the candidates' logit differences without the model."""
     adapter, store = captured
-    norm = store.group["final_norm/weight"]
-    assert norm.attrs["kind"] == "rmsnorm"
-    weight, eps = np.asarray(norm[:], dtype=np.float64), float(norm.attrs["eps"])
-    unembed = np.asarray(store.group["unembed"][:], dtype=np.float64)
+    norm = store.final_norm()
+    assert norm.kind == "rmsnorm"
+    weight, eps = norm.weight.astype(np.float64), norm.eps
+    unembed = store.unembed().astype(np.float64)
     last = store.hidden(layer=adapter.num_layers - 1, reduction="last").astype(np.float64)
     normed = last / np.sqrt((last**2).mean(-1, keepdims=True) + eps) * weight
     logits = normed @ unembed.T  # [example, condition, candidate]

@@ -97,7 +97,7 @@ def finish(proc: multiprocessing.Process, timeout: float = 120) -> None:
 
 
 def all_arrays(path: Path) -> dict[str, np.ndarray]:
-    group = zarr.open_group(str(path), mode="r")
+    group = open_store(path).group
     out = {}
     for name, arr in group.members(max_depth=None):
         if isinstance(arr, zarr.Array):
@@ -117,8 +117,8 @@ def assert_bitwise_equal(a: Path, b: Path) -> None:
             assert np.array_equal(x, y), name
     # Provenance of the invocation itself (time, --out, option spelling) may differ.
     skip = {"created", "capture_options"}
-    attrs_a = {k: v for k, v in zarr.open_group(str(a)).attrs.items() if k not in skip}
-    attrs_b = {k: v for k, v in zarr.open_group(str(b)).attrs.items() if k not in skip}
+    attrs_a = {k: v for k, v in open_store(a).attrs.items() if k not in skip}
+    attrs_b = {k: v for k, v in open_store(b).attrs.items() if k not in skip}
     assert json.dumps(attrs_a, sort_keys=True) == json.dumps(attrs_b, sort_keys=True)
 
 
@@ -160,9 +160,9 @@ def test_sigkill_at_several_points_then_resume_is_bitwise_equal(setup) -> None:
         committed_before = int(done.sum())
         # A reader sees only committed examples, and they are final.
         assert np.array_equal(
-            store.hidden(), reference.hidden(committed_only=False)[done], equal_nan=True
+            store.hidden(), reference.hidden(include_uncommitted=True)[done], equal_nan=True
         )
-        raw = reference.outputs("raw", committed_only=False)[done]
+        raw = reference.outputs("raw", include_uncommitted=True)[done]
         assert store.outputs("raw").tolist() == raw.tolist()
         assert not verify(out).ok
     capture(crashy, adapter=adapter)
@@ -179,14 +179,14 @@ def test_two_shard_processes_write_one_store(setup) -> None:
         )
         for r in (1, 0)  # rank 1 first: it must wait for rank 0 to create the store
     ]
-    reference = open_store(ref).hidden(committed_only=False)
+    reference = open_store(ref).hidden(include_uncommitted=True)
     deadline = time.monotonic() + 120
     while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
         if (out / "zarr.json").exists():
             store = open_store(out)
             done = store.committed()
             # A reader during the writes sees only committed examples, already final.
-            now = store.hidden(committed_only=False)[done]
+            now = store.hidden(include_uncommitted=True)[done]
             assert np.array_equal(now, reference[done], equal_nan=True)
             assert len(store.hidden(layer=0)) >= done.sum()
         time.sleep(0.05)
@@ -205,8 +205,11 @@ def test_resume_with_another_configuration_is_refused(setup) -> None:
     message = str(info.value)
     assert "ladder: store has [0.02, 0.08], this run asks for [0.02, 0.16]" in message
     assert "max_new_tokens: store has 3, this run asks for 5" in message
-    # Batch size, progress and "automatic" shard size do not change what the store holds.
-    capture(dataclasses.replace(cfg, batch_size=5, shard_examples=0), adapter=adapter)
+    # Progress and "automatic" shard size do not change what the store holds.
+    capture(dataclasses.replace(cfg, progress=False, shard_examples=0), adapter=adapter)
+    # Another batch size changes left padding, so a resume would not be bitwise equal: refused.
+    with pytest.raises(ConfigMismatchError, match="batch_size: store has 2, this run asks for 5"):
+        capture(dataclasses.replace(cfg, batch_size=5), adapter=adapter)
 
 
 def test_cli_capture_equals_api_and_store_commands(setup, capsys) -> None:
@@ -235,7 +238,7 @@ def test_an_error_mid_capture_keeps_committed_shards_and_surfaces(setup, monkeyp
 
     def generate_then_fail(batch, *, max_new_tokens):
         calls["n"] += 1
-        if calls["n"] > 7:  # one batch of 2 examples x 5 conditions per shard: fails in shard 2
+        if calls["n"] > 2:  # two forwards per batch (image conditions, none); one batch a shard
             raise RuntimeError("CUDA out of memory (injected)")
         return real_generate(batch, max_new_tokens=max_new_tokens)
 

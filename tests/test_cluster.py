@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from priorscope.cli.main import main
-from priorscope.engine import write_answer_store
 from priorscope.engine.conditions import build_conditions
+from priorscope.engine.store import write_answer_store
 
 N = 3000
 CHUNK = 250  # 12 blocks along examples, spread over both workers

@@ -80,7 +80,8 @@ def test_declarations_are_registered_once_and_discoverable() -> None:
     assert declared_group(SPEC.name) is SPEC or declared_group(SPEC.name) == SPEC
     assert SPEC in declared_groups("probes")
     capture = {g.name for g in declared_groups("capture")}
-    assert capture == {"examples", "outputs", "commit", "activations", "fullseq"}
+    # grad: optional margin gradients (capture --grad)
+    assert capture == {"examples", "outputs", "commit", "activations", "fullseq", "grad"}
     clash = GroupSpec(SPEC.name, "someone else", SPEC.arrays[:1], "other", store_kind="probes")
     with pytest.raises(UsageError, match="one declaration"):
         register_group(clash)

@@ -25,6 +25,7 @@ from priorscope.cli.main import main
 from priorscope.engine import DecayConfig, compute_decay
 from priorscope.engine.errors import ConfigMismatchError, UsageError
 from priorscope.engine.models.tiny import build_tiny
+from priorscope.engine.store import open_store
 from priorscope.engine.sweep import load_sweep, run_sweep, store_state, sweep_status
 
 N_EXAMPLES = 8  # per benchmark: 4 shards of 2 examples, so a kill can land inside a store
@@ -85,7 +86,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 
 def all_arrays(path: str) -> dict[str, np.ndarray]:
-    group = zarr.open_group(path, mode="r")
+    group = open_store(path).group
     return {
         name: np.asarray(arr[...])
         for name, arr in group.members(max_depth=None)
@@ -105,10 +106,7 @@ def assert_same_store(a: str, b: str) -> None:
         else:
             assert np.array_equal(x, y), name
     skip = {"created", "capture_options"}
-    attrs = [
-        {k: v for k, v in zarr.open_group(p, mode="r").attrs.items() if k not in skip}
-        for p in (a, b)
-    ]
+    attrs = [{k: v for k, v in open_store(p).attrs.items() if k not in skip} for p in (a, b)]
     assert json.dumps(attrs[0], sort_keys=True) == json.dumps(attrs[1], sort_keys=True)
 
 
@@ -165,7 +163,7 @@ def test_sweep_writes_one_store_per_pair_and_the_table(project) -> None:
 def test_table_numbers_equal_decay_of_each_store(project) -> None:
     cfg = project.ref
     doc = json.loads((project.folder / "ref" / "sweep.json").read_text())
-    dcfg = DecayConfig(by_category=True, n_boot=40)
+    dcfg = DecayConfig(by="category", n_boot=40)
     for job, row in zip(cfg.jobs(), doc["rows"], strict=True):
         g = compute_decay(job.store, dcfg, in_memory=True).group(job.benchmark.name)
         m = row["metrics"]
@@ -314,7 +312,7 @@ def test_sweep_file_round_trip(project) -> None:
     assert cfg.models[0].path == "builtin:organism"
     assert cfg.models[1].path == str(project.folder / "tiny_model")
     assert cfg.models[1].batch_size == 4
-    assert cfg.benchmarks[1].data_options() == {"on_bad": "error", "format": "tsv"}
+    assert cfg.benchmarks[1].data_options() == {"format": "tsv"}  # defaults left out
     job = cfg.jobs()[3]
     ccfg = cfg.capture_config(job, (1, 2), "cpu")
     assert (ccfg.out, ccfg.batch_size, ccfg.shard, ccfg.ladder) == (

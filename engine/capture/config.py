@@ -12,8 +12,10 @@ from priorscope.engine.conditions import DEFAULT_LADDER, REDUCTIONS, Condition, 
 from priorscope.engine.errors import UsageError
 from priorscope.engine.store.dtypes import parse_hidden_dtype
 
-# Configuration fields that change what a store holds. Everything else (batch size, device,
-# shard, progress) may differ between the run that started a store and the one that resumes it.
+# Configuration fields that change what a store holds. Everything else (device, shard,
+# progress) may differ between the run that started a store and the one that resumes it. The
+# batch size is identity: left padding depends on a batch's members, so another batch size
+# changes values in the last bits and a resume would not be bitwise equal; it is refused.
 IDENTITY_FIELDS = (
     "model",
     "data",
@@ -29,6 +31,9 @@ IDENTITY_FIELDS = (
     "max_new_tokens",
     "limit",
     "shard_examples",
+    "batch_size",
+    "grad",
+    "data_options",
 )
 
 
@@ -37,7 +42,8 @@ class CaptureConfig:
     """Everything ``priorscope capture`` needs; see :func:`priorscope.engine.capture.capture`.
 
     ``layers`` and ``full_seq_layers`` are specs for :func:`parse_layers` (``all``, ``0,4,8``,
-    ``0:36:2``); ``hidden_dtype`` ``auto`` stores the model's dtype; ``shard_examples`` 0 picks a
+    ``0:36:2``); ``grad`` also stores the gold-vs-prior margin gradients (``patch --estimate``);
+    ``data_options`` are keyword arguments of ``priorscope.engine.data.load``; ``hidden_dtype`` ``auto`` stores the model's dtype; ``shard_examples`` 0 picks a
     shard of about 64 MiB of hidden states; ``shard`` is (rank, world).
     """
 
@@ -62,6 +68,7 @@ class CaptureConfig:
     progress: bool = True
     max_pending: int = 4
     wait_for_store_s: float = 600.0
+    grad: bool = False
     data_options: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def conditions(self) -> list[Condition]:

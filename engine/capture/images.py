@@ -11,6 +11,7 @@ from PIL import Image
 
 from priorscope.engine.conditions import Condition, kernel_errors
 from priorscope.engine.data.example import Example
+from priorscope.engine.errors import ModelError
 
 
 def condition_images(
@@ -20,13 +21,19 @@ def condition_images(
 
     The whole ladder (every blur level and ``total``) comes from one ``blur_ladder`` call on
     ``device``; results are uint8 like the clean image, so each condition is itself an image.
-    Examples without an image get None under every condition.
+    A batch of text-only examples gets None under every condition; a mixed batch is refused.
     """
     from priorscope.kernels import blur_ladder
 
     out: dict[str, list[Image.Image | None]] = {}
-    if any(ex.image_bytes is None for ex in examples):
+    with_image = [ex.image_bytes is not None for ex in examples]
+    if not any(with_image):  # text-only: capture marks every condition but 'none' void
         return {c.name: [None] * len(examples) for c in conditions}
+    if not all(with_image):
+        raise ModelError(
+            "Expected a batch of text-only rows or of rows with images, never both (store order "
+            f"groups them apart). Got {[ex.id for ex in examples]} mixed; this is a bug."
+        )
     clean = [ex.image for ex in examples]
     laddered = [c for c in conditions if c.kind in ("blur", "total")]
     if laddered:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import importlib.metadata as md
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +17,10 @@ from priorscope.engine.capture.config import IDENTITY_FIELDS, CaptureConfig
 from priorscope.engine.capture.hooks import Recorder, recording
 from priorscope.engine.capture.plan import Plan, example_table, file_sha256, make_plan
 from priorscope.engine.conditions import parse_layers
-from priorscope.engine.errors import DataError, StoreError
+from priorscope.engine.errors import ConfigMismatchError, DataError, StoreError, UsageError
 from priorscope.engine.models.base import VLMAdapter
+from priorscope.engine.store import schema
+from priorscope.engine.store.backend import children
 from priorscope.engine.store.backend import exists as store_exists
 from priorscope.engine.store.dtypes import parse_hidden_dtype
 from priorscope.engine.store.layout import (
@@ -49,9 +52,26 @@ class Prepared:
 
 
 def resolve_device(name: str) -> str:
-    """Return ``cuda`` or ``cpu`` for ``auto``; otherwise ``name`` unchanged."""
+    """Return this rank's device for ``auto`` (cuda:LOCAL_RANK under torchrun, else cpu)."""
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        kind = ""
+    if kind not in ("cpu", "cuda", "mps"):
+        raise UsageError(
+            f"Expected --device auto, cpu, cuda, cuda:N or mps. Got {name!r} instead. "
+            "Pass one of those."
+        )
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            f"Expected a CUDA-capable torch for --device {name}. Got torch "
+            f"{torch.__version__} without CUDA instead. Pass --device cpu, or install a CUDA "
+            "build of torch."
+        )
     return name
 
 
@@ -94,7 +114,9 @@ def identity(cfg: CaptureConfig, adapter: VLMAdapter, data_sha: str) -> dict[str
     """Return the configuration a resume must match (recorded as group attribute ``config``)."""
     full = cfg.to_json()
     out = {key: full[key] for key in IDENTITY_FIELDS}
-    out["model"] = str(adapter.name_or_path)
+    # builtin:NAME stays as given: the checkout's absolute path would differ per machine.
+    builtin = cfg.model.startswith("builtin:")
+    out["model"] = cfg.model if builtin else str(adapter.name_or_path)
     out["data"] = {"path": str(Path(cfg.data).resolve()), "sha256": data_sha}
     out["dtype"] = str(adapter.dtype).replace("torch.", "")
     # Spellings differ (bf16, bfloat16, auto); the resolved storage dtype is what matters.
@@ -113,14 +135,18 @@ def open_capture_store(
     cfg: CaptureConfig, adapter: VLMAdapter, plan: Plan, prep: Prepared
 ) -> tuple[zarr.Group, StoreLayout]:
     """Return the writable store group and its layout, creating it on rank 0 when absent."""
-    path = Path(cfg.out)
+    path = cfg.out  # a local folder or a URL: never through Path (it would mangle s3://)
     data_sha = file_sha256(cfg.data) if Path(cfg.data).is_file() else ""
     wanted = identity(cfg, adapter, data_sha)
     if not store_exists(path):
-        if path.exists() and any(path.iterdir()):
+        # What an interrupted creation on object storage leaves (no root zarr.json yet) is
+        # simply overwritten; anything else is someone's data.
+        members = {name.split("/")[0] for name in schema.DIMS}
+        foreign = [c for c in children(path) if c not in members]
+        if foreign:
             raise StoreError(
                 f"Expected --out to be a new folder or a priorscope store. Got a non-empty folder "
-                f"without zarr.json: {path}. Choose another --out."
+                f"without zarr.json: {path} (holds {foreign[:3]}). Choose another --out."
             )
         if cfg.shard[0] == 0:
             layout = _new_layout(cfg, adapter, plan, prep)
@@ -136,12 +162,69 @@ def open_capture_store(
             )
         else:
             wait_for_store(path, cfg.wait_for_store_s)
+    else:
+        from priorscope.engine.store.verify import remove_leftovers
+
+        remove_leftovers(path)  # a resume: clear what killed writers left behind
     group = open_for_capture(path)
+    _refuse_damaged(group, path)
     recorded: Any = group.attrs.get("config") or {}
     if cfg.shard_examples == 0 and "shard_examples" in recorded:
         wanted["shard_examples"] = recorded["shard_examples"]  # "automatic" accepts any size
     check_resume(group, wanted, path)
+    check_weights(group, adapter, path)
     return group, layout_from_attrs(dict(group.attrs))
+
+
+def _refuse_damaged(group: zarr.Group, path: str) -> None:
+    """Refuse to write into a store whose metadata verify would reject (same cheap checks)."""
+    from priorscope.engine.store.checks import structure_problems
+
+    problems = structure_problems(group, dict(group.attrs))
+    if problems:
+        raise StoreError(
+            f"Expected a sound store at {path} to resume into. Got: "
+            + "; ".join(problems)
+            + ". Run 'priorscope store verify' on it, or capture into another --out."
+        )
+
+
+# Below this many bytes of safetensors the hash is cheap enough to compute on every resume.
+SMALL_WEIGHTS_BYTES = 256 * 2**20
+
+
+def weights_stats(adapter: VLMAdapter) -> dict[str, list[int]]:
+    """Return {file: [size, mtime_ns]} of the checkpoint's safetensors ({} for in-code models)."""
+    folder = Path(str(adapter.name_or_path))
+    if not folder.is_dir():
+        return {}
+    return {
+        f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(folder.glob("*.safetensors"))
+    }
+
+
+def check_weights(group: zarr.Group, adapter: VLMAdapter, path: str) -> None:
+    """Refuse a resume whose model weights differ from the ones the store was written with.
+
+    Size and mtime of the safetensors files are compared first; the sha256 is computed when
+    they differ, when none were recorded, or always for small checkpoints (cheap then).
+    """
+    model: Any = group.attrs.get("model") or {}
+    recorded = model.get("weights_sha256")
+    if not recorded:
+        return  # an older store without the hash: nothing to compare against
+    stats = weights_stats(adapter)
+    small = sum(size for size, _ in stats.values()) < SMALL_WEIGHTS_BYTES
+    if stats and model.get("weights_files") == stats and not small:
+        return
+    current = adapter.weights_sha256()
+    if current != recorded:
+        raise ConfigMismatchError(
+            f"Expected the model weights {path} was written with (sha256 {recorded}) to resume "
+            f"into it. Got weights with sha256 {current} at {adapter.name_or_path}. Restore the "
+            "original checkpoint, or capture the new weights into another --out."
+        )
 
 
 def _new_layout(cfg: CaptureConfig, adapter: VLMAdapter, plan: Plan, prep: Prepared) -> StoreLayout:
@@ -231,6 +314,9 @@ def _attributes(
 ) -> dict[str, Any]:
     """Return the group attributes: full provenance plus the resume identity."""
     described = adapter.describe()
+    if cfg.model.startswith("builtin:"):
+        described["path"] = cfg.model  # portable across checkouts, like identity()
+    described["weights_files"] = weights_stats(adapter)  # the cheap first check on resume
     return {
         "priorscope_version": _packages()["priorscope"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

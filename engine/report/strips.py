@@ -115,6 +115,7 @@ def build_strips(
 
     ``answers`` and ``scores`` are the committed examples' outputs [n, C].
     """
+    from priorscope.engine.conditions import kernel_errors
     from priorscope.kernels import blur_ladder_images
 
     conds = tables.conditions
@@ -134,7 +135,8 @@ def build_strips(
     for (kind, i), row in zip(picks, rows, strict=True):
         tiles = [""] * len(conds)
         if row in images:
-            ladder = blur_ladder_images([images[row]], sigmas)[0].cpu().numpy()
+            with kernel_errors():  # a kernel failure becomes the one-paragraph error
+                ladder = blur_ladder_images([images[row]], sigmas)[0].cpu().numpy()
             tiles = [
                 blank if not c.has_image else _tile(ladder[k].astype(np.uint8))
                 for k, c in enumerate(conds)

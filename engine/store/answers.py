@@ -20,6 +20,7 @@ import numpy as np
 from priorscope.engine.conditions import Condition
 from priorscope.engine.errors import UsageError
 from priorscope.engine.store import backend, schema
+from priorscope.engine.store.integrity import FINGERPRINT_ATTR, fingerprint
 from priorscope.engine.store.layout import new_array, write_example_table
 
 
@@ -71,7 +72,9 @@ def write_answer_store(
     _check_shape("done", done_arr, (n,))
 
     group = backend.open_group(path, mode="w")
-    group.attrs.update(_default_attrs(conditions, n) | dict(attrs or {}))
+    full = _default_attrs(conditions, n) | dict(attrs or {})
+    full[FINGERPRINT_ATTR] = fingerprint(json.loads(json.dumps(full, default=str)))
+    group.attrs.update(full)
     chunk = max(1, min(chunk_rows, n))
     columns = {
         "id": [str(i) for i in ids],

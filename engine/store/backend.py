@@ -26,11 +26,34 @@ def exists(path: str | Path) -> bool:
     """Return whether a Zarr group exists at ``path`` (its zarr.json is there)."""
     if not is_url(path):
         return (Path(path) / "zarr.json").exists()
-    try:
-        zarr.open_group(str(path), mode="r")
-    except Exception:  # any protocol error means "not there" for this question
-        return False
-    return True
+    fs, root = url_to_fs(path)
+    return bool(fs.exists(f"{root.rstrip('/')}/zarr.json"))
+
+
+def url_to_fs(path: str | Path) -> tuple[Any, str]:
+    """Return (fsspec filesystem, path inside it) of a URL; credentials come from its config."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(path))
+
+
+def children(path: str | Path) -> list[str]:
+    """Return the names directly under a folder or URL prefix ([] when there is nothing)."""
+    if not is_url(path):
+        p = Path(path)
+        return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
+    fs, root = url_to_fs(path)
+    if not fs.exists(root):
+        return []
+    return sorted(str(c).rstrip("/").rsplit("/", 1)[-1] for c in fs.ls(root, detail=False))
+
+
+def stored_bytes(path: str | Path) -> int:
+    """Return the bytes of every file (local) or object (URL) under ``path``."""
+    if not is_url(path):
+        return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    fs, root = url_to_fs(path)
+    return int(fs.du(root, total=True))
 
 
 def open_group(path: str | Path, mode: str = "r") -> zarr.Group:

@@ -14,6 +14,10 @@ import zarr
 from priorscope.engine.conditions import Condition
 from priorscope.engine.store import schema
 from priorscope.engine.store.groups import GroupSpec, declared_groups
+from priorscope.engine.store.integrity import attribute_problems
+
+# 1: chunks without checksums (still read; verify cannot prove their bytes). 2: crc32c everywhere.
+READABLE_SCHEMA_VERSIONS = (1, schema.SCHEMA_VERSION)
 
 
 def parse_conditions(attrs: Mapping[str, Any]) -> tuple[list[Condition], list[str]]:
@@ -94,9 +98,10 @@ def shape_problems(group: zarr.Group, attrs: Mapping[str, Any], n_conditions: in
 def structure_problems(group: zarr.Group, attrs: Mapping[str, Any]) -> list[str]:
     """Return every problem the cheap checks find (empty: the store's structure is sound)."""
     problems = []
-    if attrs.get("schema_version") != schema.SCHEMA_VERSION:
+    if attrs.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         problems.append(
-            f"schema_version is {attrs.get('schema_version')!r}, expected {schema.SCHEMA_VERSION}"
+            f"schema_version is {attrs.get('schema_version')!r}, expected one of "
+            f"{list(READABLE_SCHEMA_VERSIONS)} (re-capture with this priorscope version)"
         )
     conditions, bad = parse_conditions(attrs)
     problems += bad
@@ -104,4 +109,6 @@ def structure_problems(group: zarr.Group, attrs: Mapping[str, Any]) -> list[str]
         problems += group_problems(group, spec, attrs)
     if conditions:
         problems += shape_problems(group, attrs, len(conditions))
+    # Attributes against each other (fingerprint, d_model, layers): metadata only, so cheap.
+    problems += attribute_problems(group, attrs)
     return problems

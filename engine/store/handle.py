@@ -425,6 +425,40 @@ class Store:
             eps=float(weight.attrs.get("eps", 1e-6)),  # type: ignore[arg-type]
         )
 
+    # ---- margin gradients (capture --grad) ---------------------------------------------------
+
+    def _grad_array(self, name: str) -> zarr.Array:
+        if schema.GRAD_LAST not in self._group:
+            raise StoreError(
+                f"Expected margin gradients in {self.path!r}. Got none. Capture with --grad to "
+                "record them (patch --estimate reads them)."
+            )
+        return self._array(name)
+
+    def grad_last(self, layer: int | str, include_uncommitted: bool = False) -> np.ndarray:
+        """Return answer-position margin gradients [example, condition, d_model] float32.
+
+        Rows are the visible examples (committed unless asked otherwise), as :meth:`hidden`.
+        """
+        arr = self._grad_array(schema.GRAD_LAST)
+        rows = self.rows(include_uncommitted)
+        key = (slice(None), self.layer_index(layer))
+        return np.asarray(self._read_rows(arr, rows, key), dtype=np.float32)
+
+    def fullseq_grad(self, example: int) -> np.ndarray:
+        """Return [token, fs_condition, fs_layer, d_model] aligned with ``fullseq(example)``."""
+        arr = self._grad_array(schema.GRAD_FULLSEQ) if self.fullseq_examples() else None
+        known = self.fullseq_examples()
+        if arr is None or example not in known or not self.committed()[example]:
+            raise StoreError(
+                f"Expected a committed full-sequence example ({known[:10]}). Got {example}. "
+                "Capture with --grad and --full-seq N covering it."
+            )
+        i = known.index(example)
+        start = int(backend.read(self._array(schema.FULLSEQ_OFFSETS), i))
+        stop = start + int(backend.read(self._array(schema.FULLSEQ_LENGTH), i))
+        return np.asarray(backend.read(arr, slice(start, stop)), dtype=np.float32)
+
     def to_xarray(self, include_uncommitted: bool = False) -> Any:
         """Return outputs (eager) and hidden states (lazy) as an xarray Dataset with coords."""
         from priorscope.engine.store.xr import store_to_xarray

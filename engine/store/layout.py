@@ -31,6 +31,7 @@ import zarr
 from priorscope.engine.errors import ConfigMismatchError, StoreError, UsageError
 from priorscope.engine.store import backend, schema
 from priorscope.engine.store.dtypes import BF16_ATTR, zarr_dtype
+from priorscope.engine.store.integrity import FINGERPRINT_ATTR, fingerprint
 
 TARGET_SHARD_BYTES = 64 * 2**20  # big enough for fast sequential writes, small enough to buffer
 MAX_SHARD_EXAMPLES = 1024
@@ -132,14 +133,20 @@ def new_array(
     fill_value: Any = None,
     attrs: dict[str, Any] | None = None,
 ) -> zarr.Array:
-    """Return a new uncompressed array (compression gains little on activations, costs a lot)."""
+    """Return a new uncompressed array whose every chunk carries a CRC-32C.
+
+    Compression gains little on activations and costs a lot; the checksum (inner chunks of
+    sharded arrays included) makes flipped or truncated bytes fail loudly on read.
+    """
+    from zarr.codecs import Crc32cCodec
+
     return group.create_array(
         name,
         shape=shape,
         dtype=dtype,
         chunks=chunks,
         shards=shards,
-        compressors=None,
+        compressors=(Crc32cCodec(),),
         filters=None,
         fill_value=fill_value,
         dimension_names=tuple(dims),
@@ -365,22 +372,30 @@ def create_store(
     The store is built in a hidden sibling folder and renamed into place, so another process
     (a second rank, or a reader) sees either no store or a complete one.
     """
+    full = dict(attrs)
+    full.update(
+        schema_version=schema.SCHEMA_VERSION,
+        reductions=list(layout.reductions),
+        layers=list(layout.layers),
+        candidates=list(layout.candidates),
+        hidden_dtype=layout.hidden_dtype,
+        layout=layout_to_json(layout),
+    )
+    full = json.loads(json.dumps(full, default=str))
+    full[FINGERPRINT_ATTR] = fingerprint(full)  # verify tells a later edit of these apart
+
+    def build(group: zarr.Group) -> None:
+        _create_arrays(group, layout)
+        _write_static(group, layout, examples, unembed, final_norm)
+        group.attrs.update(full)
+
+    if backend.is_url(path):
+        _create_remote(str(path), build)
+        return path  # type: ignore[return-value]
     path = Path(path)
     tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
     try:
-        group = backend.open_group(tmp, mode="w")
-        _create_arrays(group, layout)
-        _write_static(group, layout, examples, unembed, final_norm)
-        full = dict(attrs)
-        full.update(
-            schema_version=schema.SCHEMA_VERSION,
-            reductions=list(layout.reductions),
-            layers=list(layout.layers),
-            candidates=list(layout.candidates),
-            hidden_dtype=layout.hidden_dtype,
-            layout=layout_to_json(layout),
-        )
-        group.attrs.update(json.loads(json.dumps(full, default=str)))
+        build(backend.open_group(tmp, mode="w"))
         os.rename(tmp, path)
     except FileExistsError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -391,11 +406,37 @@ def create_store(
     return path
 
 
+def _create_remote(url: str, build: Any) -> None:
+    """Create the store at ``url`` so that its root ``zarr.json`` appears last.
+
+    Object stores have no atomic rename. The empty store is built in memory (metadata and the
+    small static arrays only), then uploaded object by object with the root group's metadata
+    last: another rank waiting for ``zarr.json``, or a reader, sees no store or a whole one.
+    An interrupted upload leaves no root ``zarr.json``, so the next run simply uploads again.
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import FsspecStore, MemoryStore
+
+    memory = MemoryStore()
+    build(zarr.open_group(store=memory, mode="w"))
+    target = FsspecStore.from_url(url, read_only=False)
+    proto = default_buffer_prototype()
+
+    async def upload() -> None:
+        keys = sorted([k async for k in memory.list()], key=lambda k: k == "zarr.json")
+        for key in keys:
+            value = await memory.get(key, proto)
+            assert value is not None
+            await target.set(key, value)
+
+    sync(upload())
+
+
 def wait_for_store(path: str | Path, timeout_s: float) -> zarr.Group:
     """Return the store at ``path`` once it exists (another rank creates it), or raise."""
-    path = Path(path)
     deadline = time.monotonic() + timeout_s
-    while not (path / "zarr.json").exists():
+    while not backend.exists(path):
         if time.monotonic() > deadline:
             raise StoreError(
                 f"Expected rank 0 to create the store {path} within {timeout_s:.0f} s. Got no "

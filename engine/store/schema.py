@@ -33,6 +33,7 @@ Arrays (dimension names in brackets):
   unembed                 [candidate, d_model] float32 LM-head rows of the candidates' first tokens
   final_norm/weight       [d_model] float32 (attrs: kind "rmsnorm" | "layernorm", eps)
   fullseq/...             ragged full-sequence residuals and replay inputs (see below)
+  grad/...                margin gradients of capture --grad (see GRAD_* below), optional
   commit/done             [example] bool  True once every array of that example is written;
                           readers read it before any values and use only True rows
 """
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 from priorscope.engine.store.groups import TEXT, ArraySpec, GroupSpec, register_group
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every chunk (inner chunks of shards too) carries a crc32c
 
 EXAMPLE_FIELDS = ("id", "benchmark", "category", "question", "gold", "options", "metadata")
 EX = "examples"
@@ -149,7 +150,42 @@ FULLSEQ_GROUP = register_group(
         required=False,
     )
 )
-CAPTURE_GROUPS = (EXAMPLES_GROUP, OUTPUTS_GROUP, COMMIT_GROUP, ACTIVATIONS_GROUP, FULLSEQ_GROUP)
+# Margin gradients (capture --grad): d(logit[gold] - logit[prior]) / d(residual after a layer),
+# float32, written with their shard so they share its commit. Zero rows: no gold or no prior.
+GRAD = "grad"
+GRAD_LAST = "grad/last"  # [example, condition, layer, d_model] at the answer position
+GRAD_FULLSEQ = "grad/fullseq"  # [token, fs_condition, fs_layer, d_model] rows of fullseq/values
+GRAD_GOLD = "grad/gold"  # [example] int64 candidate index of the gold answer (-1: none)
+GRAD_PRIOR = "grad/prior"  # [example] int64 candidate index of the prior (-1: none)
+GRAD_GROUP = register_group(
+    GroupSpec(
+        name="grad",
+        owner="capture",
+        arrays=(
+            ArraySpec("last", (*_EX_COND, "layer", "d_model"), "float32"),
+            ArraySpec(
+                "fullseq",
+                ("token", "fs_condition", "fs_layer", "d_model"),
+                "float32",
+                required=False,
+            ),
+            ArraySpec("gold", _EXAMPLE, "int64"),
+            ArraySpec("prior", _EXAMPLE, "int64"),
+        ),
+        description="Gold-vs-prior margin gradients at every stored layer (capture --grad), "
+        "for first-order patching estimates without the model.",
+        store_kind="capture",
+        required=False,
+    )
+)
+CAPTURE_GROUPS = (
+    EXAMPLES_GROUP,
+    OUTPUTS_GROUP,
+    COMMIT_GROUP,
+    ACTIVATIONS_GROUP,
+    FULLSEQ_GROUP,
+    GRAD_GROUP,
+)
 
 # Dimension names of every capture array by store path (derived from the declarations).
 DIMS: dict[str, tuple[str, ...]] = {

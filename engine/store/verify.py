@@ -14,6 +14,7 @@ from priorscope.engine.store.checks import structure_problems
 from priorscope.engine.store.dtypes import decode
 from priorscope.engine.store.groups import declared_groups
 from priorscope.engine.store.handle import Store, index_runs
+from priorscope.engine.store.integrity import chunk_problems, read_problems
 
 
 @dataclass
@@ -73,6 +74,10 @@ def _value_problems(store: Store, done: np.ndarray, deep: bool) -> list[str]:
     return problems
 
 
+def _read_failure(what: str, exc: Exception) -> str:
+    return f"{what} cannot be read ({type(exc).__name__}: {str(exc)[:160]})"
+
+
 def integrity_problems(store: Store, *, deep: bool = False) -> list[str]:
     """Return problems of the committed data (uncommitted rows are not one)."""
     try:
@@ -93,16 +98,24 @@ def verify(path: str | Path | Store, *, deep: bool = False) -> VerifyReport:
     store = path if isinstance(path, Store) else Store(path)
     try:
         done = store.committed()
-    except StoreError as exc:
-        return VerifyReport(where, store.n_examples, 0, [str(exc)])
+    except Exception as exc:  # a damaged commit log is a finding, not a crash
+        return VerifyReport(where, store.n_examples, 0, [_read_failure(schema.COMMIT_DONE, exc)])
     report = VerifyReport(where, store.n_examples, int(done.sum()))
+    if not backend.is_url(where):
+        report.problems += chunk_problems(Path(where), store.group, done)
+    report.problems += read_problems(store.group, deep=deep)
+    if report.problems:
+        return report
     if not done.all():
         report.problems.append(
             f"{int((~done).sum())} of {done.size} examples are not committed "
             f"({_missing_ranges(done)}); re-run the same capture command to finish them"
         )
     if not report.problems:
-        report.problems += _value_problems(store, done, deep)
+        try:
+            report.problems += _value_problems(store, done, deep)
+        except Exception as exc:  # undecodable bytes surface here at the latest
+            report.problems.append(_read_failure("hidden or outputs", exc))
     if not backend.is_url(where):
         partial = sorted(Path(where).rglob("*.partial"))
         if partial:
@@ -111,10 +124,6 @@ def verify(path: str | Path | Store, *, deep: bool = False) -> VerifyReport:
                 f"first: {partial[0]})"
             )
     return report
-
-
-def _disk_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _groups_info(store: Store) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -154,7 +163,7 @@ def info(path: str | Path | Store) -> dict[str, Any]:
         "hidden_dtype": attrs.get("hidden_dtype"),
         "shard_examples": attrs.get("layout", {}).get("shard_examples"),
         "fullseq_examples": len(store.fullseq_examples()),
-        "disk_bytes": None if backend.is_url(store.path) else _disk_bytes(Path(store.path)),
+        "disk_bytes": backend.stored_bytes(store.path),
         "groups": groups,
         "arrays": arrays,
     }
@@ -168,3 +177,40 @@ def _array_info(arr: Any) -> dict[str, Any]:
         "shards": list(arr.shards) if arr.shards else None,
         "dims": list(arr.metadata.dimension_names or ()),
     }
+
+
+def _newest_mtime(path: Path) -> float:
+    """Return the newest modification time of ``path`` and everything under it."""
+    times = [path.stat().st_mtime] + [p.stat().st_mtime for p in path.rglob("*")]
+    return max(times)
+
+
+def remove_leftovers(path: str | Path, *, min_age_s: float = 60.0) -> list[str]:
+    """Remove what killed writers leave at a local store and return the paths removed.
+
+    ``*.partial`` files (Zarr's write-then-rename temporaries) inside the store and
+    ``.NAME.zarr.creating-*`` folders beside it are dead once untouched for ``min_age_s``:
+    a live writer renames its temporary within milliseconds, so the age guard keeps a
+    concurrent rank's write in flight safe.
+    """
+    import shutil
+    import time
+
+    if backend.is_url(path):
+        return []
+    root = Path(path)
+    now, removed = time.time(), []
+    partial = sorted(root.rglob("*.partial")) if root.is_dir() else []
+    creating = sorted(root.parent.glob(f".{root.name}.creating-*"))
+    for leftover in partial + creating:
+        try:
+            if now - _newest_mtime(leftover) < min_age_s:
+                continue
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        except FileNotFoundError:  # another process removed it first: fine
+            continue
+        removed.append(str(leftover))
+    return removed

@@ -9,6 +9,7 @@ committed or uncommitted: resume simply recomputes uncommitted shards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import zarr
@@ -35,6 +37,7 @@ class FullSeqRows:
     kind: np.ndarray  # [token] int8
     input_ids: np.ndarray  # [token] int64
     position_ids: np.ndarray  # [rope, token] int64
+    grad: np.ndarray | None = None  # [token, fs_condition, fs_layer, d_model] float32 (--grad)
 
 
 @dataclass
@@ -55,6 +58,8 @@ class BatchRows:
     hidden: np.ndarray | None = None
     hidden_fn: Callable[[], np.ndarray] | None = None
     fullseq: dict[int, FullSeqRows] = field(default_factory=dict)
+    grad_last: np.ndarray | None = None  # [batch, condition, layer, d_model] float32 (--grad)
+    grad_targets: np.ndarray | None = None  # [batch, 2] int64 gold and prior candidate index
 
 
 class _ShardBuffer:
@@ -75,6 +80,8 @@ class _ShardBuffer:
         self.cand = np.full((n, c, k), np.nan, dtype=np.float32)
         self.filled = np.zeros(n, dtype=bool)
         self.fullseq_written: set[int] = set()
+        self.grad_last: np.ndarray | None = None  # allocated by the first batch that has one
+        self.grad_targets = np.full((n, 2), -1, dtype=np.int64)
 
     def add(self, rows: BatchRows, hidden: np.ndarray, sel: np.ndarray) -> None:
         """Copy the rows selected by ``sel`` (a mask over the batch) into this shard."""
@@ -85,6 +92,13 @@ class _ShardBuffer:
         self.extracted[local] = rows.extracted[sel]
         self.score[local] = rows.score[sel]
         self.cand[local] = rows.cand_logprob[sel]
+        if rows.grad_last is not None:
+            if self.grad_last is None:
+                shape = (self.stop - self.start, *rows.grad_last.shape[1:])
+                self.grad_last = np.zeros(shape, dtype=np.float32)
+            self.grad_last[local] = rows.grad_last[sel]
+        if rows.grad_targets is not None:
+            self.grad_targets[local] = rows.grad_targets[sel]
         self.filled[local] = True
 
 
@@ -113,6 +127,16 @@ def write_shard(group: zarr.Group, layout: StoreLayout, buf: _ShardBuffer, ordin
     array(group, schema.OUT_SCORE)[sl] = buf.score
     array(group, schema.OUT_CAND_LOGPROB)[sl] = buf.cand
     nbytes = buf.hidden.nbytes + buf.score.nbytes + buf.cand.nbytes
+    if schema.GRAD_LAST in group:
+        if buf.grad_last is None:
+            raise StoreError(
+                f"Expected margin gradients for examples {buf.start}..{buf.stop - 1} (the store "
+                "was created with --grad). Got none."
+            )
+        write_region(array(group, schema.GRAD_LAST), buf.start, buf.grad_last)
+        array(group, schema.GRAD_GOLD)[sl] = buf.grad_targets[:, 0]
+        array(group, schema.GRAD_PRIOR)[sl] = buf.grad_targets[:, 1]
+        nbytes += buf.grad_last.nbytes
     missing = [i for i in layout.fullseq.examples if buf.start <= i < buf.stop]
     missing = [i for i in missing if i not in buf.fullseq_written]
     if missing:
@@ -159,7 +183,55 @@ def write_fullseq_example(
     pos = np.zeros((rows.position_ids.shape[0], span), dtype=np.int64)
     pos[:, :n] = rows.position_ids
     array(group, schema.FULLSEQ_POSITION_IDS)[:, start:stop] = pos
+    if schema.GRAD_FULLSEQ in group:
+        if rows.grad is None or rows.grad.shape[0] != n:
+            raise StoreError(
+                f"Expected {n} full-sequence gradient rows for example {idx} (--grad). Got "
+                f"{None if rows.grad is None else rows.grad.shape[0]} instead."
+            )
+        grad = np.zeros((span, *rows.grad.shape[1:]), dtype=np.float32)
+        grad[:n] = rows.grad
+        for offset in range(0, span, fs.token_block):
+            block = grad[offset : offset + fs.token_block]
+            write_region(array(group, schema.GRAD_FULLSEQ), start + offset, block)
     return values.nbytes
+
+
+def create_grad_arrays(group: zarr.Group, layout: StoreLayout) -> None:
+    """Create the ``grad/*`` arrays of a ``--grad`` capture, chunked like the values they explain.
+
+    Called once the store exists, by every rank: whichever comes first creates an array, and an
+    interrupted creation is completed by the next run (each array is created only if absent).
+    """
+    from priorscope.engine.store.layout import new_array
+
+    n, s, d = layout.n_examples, layout.shard_examples, layout.d_model
+    shape = (n, len(layout.conditions), len(layout.layers), d)
+    specs: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...] | None, Any]] = [
+        (schema.GRAD_GOLD, (n,), (s,), None, -1),
+        (schema.GRAD_PRIOR, (n,), (s,), None, -1),
+        (schema.GRAD_LAST, shape, (s, 1, 1, d), (s, *shape[1:]), 0.0),
+    ]
+    if layout.fullseq.enabled:
+        fs = layout.fullseq
+        fshape = (fs.offsets[-1], len(fs.conditions), len(fs.layers), d)
+        block = (fs.token_block, 1, 1, d)
+        specs.append((schema.GRAD_FULLSEQ, fshape, block, (fs.token_block, *fshape[1:]), 0.0))
+    for name, arr_shape, chunks, shards, fill in specs:
+        if name in group:
+            continue
+        dtype = "int64" if fill == -1 else "float32"
+        with contextlib.suppress(zarr.errors.ContainsArrayError):  # another rank was first
+            new_array(
+                group,
+                name,
+                arr_shape,
+                dtype,
+                chunks,
+                schema.DIMS[name],
+                shards=shards,
+                fill_value=fill,
+            )
 
 
 class ShardWriter:

@@ -125,7 +125,9 @@ class BenchmarkSpec:
 
     def data_options(self) -> dict[str, Any]:
         """Return the keyword arguments of ``priorscope.engine.data.load`` for this file."""
-        out: dict[str, Any] = {"on_bad": self.on_bad}
+        # Defaults are left out, so a sweep job records the identity 'priorscope capture' does
+        # (data_options is part of the resume identity: a store made either way resumes either way).
+        out: dict[str, Any] = {"on_bad": self.on_bad} if self.on_bad != "error" else {}
         for key in ("format", "image_root", "benchmark", "max_pixels"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)

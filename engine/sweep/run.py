@@ -108,7 +108,9 @@ def recorded_drift(recorded: dict[str, Any], cfg: CaptureConfig) -> list[str]:
 
     full = cfg.to_json()
     wanted = {key: full[key] for key in IDENTITY_FIELDS}
-    wanted["model"] = resolve_path(cfg.model)[0]
+    # builtin:NAME is recorded as given (as capture's identity() does); folders resolved.
+    builtin = cfg.model.startswith("builtin:")
+    wanted["model"] = cfg.model if builtin else resolve_path(cfg.model)[0]
     wanted["data"] = {"path": str(Path(cfg.data).resolve()), "sha256": file_sha256(cfg.data)}
     for key in ("dtype", "hidden_dtype"):
         if wanted[key] == "auto":
@@ -260,7 +262,7 @@ def analyse_job(cfg: SweepConfig, job: Job, *, scheduler: str | None = None) -> 
         return _read_json(job.decay_json) or {}
     a = cfg.analyses
     dcfg = DecayConfig(
-        by_category=a.by == "category",
+        by=a.by,
         correct_at=a.correct_at,
         severe=a.severe,
         n_boot=a.n_boot,

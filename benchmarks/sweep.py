@@ -1,0 +1,206 @@
+"""Benchmark the decay sweep: a VLMEvalKit-style loop against ``priorscope capture`` (issue 15).
+
+In one run, on the same synthetic items and the default ladder (clean, six blur levels, total):
+
+* **loop**: what a user would otherwise write. Per item and per condition: blur the image with
+  PIL's ``GaussianBlur`` at the same relative sigma (``sigma_px = rel * short side``; ``total``
+  is the mean colour), ``adapter.encode`` it, ``adapter.generate`` (batch 1, greedy) and score.
+  The model is loaded before the clock starts (in the loop's favour).
+* **capture**: ``priorscope capture`` with hidden states kept (every layer, three reductions).
+  On ``builtin:organism`` it runs as a subprocess, process start included. The medium model is a
+  random-weight Qwen2.5-VL built in memory (``benchmarks/capture.py`` ``build_adapter``), which
+  the CLI cannot load, so it runs in-process and the process start of the CLI (python, torch,
+  transformers and priorscope imports, measured the same way) is added to its time.
+
+Reports item-conditions per second of both, their ratio, and how often the loop's answers equal
+the store's, per condition (blur conditions use different blur code on each side, so a few
+answers near a decision boundary may differ; clean must agree).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sweep.py --items 400
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy/torch start their pools
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from priorscope.engine.capture import CaptureConfig, capture
+from priorscope.engine.conditions import DEFAULT_LADDER
+from priorscope.engine.data import load, scoring, synth
+from priorscope.engine.store import open_store
+
+RESULTS = Path(__file__).resolve().parent / "results" / "sweep.json"
+CLI = [sys.executable, "-P", "-m", "priorscope.cli.main"]
+
+
+def loop_conditions(ladder: tuple[float, ...]) -> list[tuple[str, float | None]]:
+    """Return (name, relative sigma) in store order; None is ``total``, 0.0 is clean."""
+    return [("clean", 0.0), *((f"blur@{s:g}", s) for s in ladder), ("total", None)]
+
+
+def loop_image(img: Image.Image, rel: float | None) -> Image.Image:
+    """Return the condition image as a user would make it with PIL."""
+    if rel is None:
+        mean = np.asarray(img, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+        return Image.new("RGB", img.size, tuple(round(float(v)) for v in mean))
+    if rel == 0.0:
+        return img
+    return img.filter(ImageFilter.GaussianBlur(radius=rel * min(img.size)))
+
+
+def run_loop(adapter: Any, examples: list[Any], ladder: tuple[float, ...], max_new: int) -> dict:
+    """Return the loop's seconds and answers {(id, condition): answer}."""
+    conds = loop_conditions(ladder)
+    answers: dict[tuple[str, str], str] = {}
+    t0 = time.perf_counter()
+    for ex in examples:
+        clean = ex.image
+        for name, rel in conds:
+            batch = adapter.encode([ex], [loop_image(clean, rel)])
+            text = adapter.generate(batch, max_new_tokens=max_new)[0]
+            answers[(ex.id, name)] = scoring.score(ex, text).answer or ""
+    return {"seconds": time.perf_counter() - t0, "answers": answers}
+
+
+def store_answers(path: str) -> dict[tuple[str, str], str]:
+    store = open_store(path)
+    ids, names = list(store.examples().ids), store.condition_names
+    ans = store.outputs("answer")
+    return {(i, c): str(ans[r, k]) for r, i in enumerate(ids) for k, c in enumerate(names)}
+
+
+def agreement(loop: dict, stored: dict, conds: list[str]) -> dict[str, float]:
+    out = {}
+    for c in conds:
+        keys = [k for k in loop if k[1] == c]
+        out[c] = float(np.mean([loop[k] == stored.get(k) for k in keys])) if keys else float("nan")
+    return out
+
+
+def cli_start_seconds() -> float:
+    """Return the median wall time of a process that imports what ``priorscope capture`` does."""
+    code = "import torch, transformers, priorscope.cli.main, priorscope.engine.capture"
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-P", "-c", code], check=True)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def capture_cfg(model: str, data: Path, out: Path, args: argparse.Namespace) -> CaptureConfig:
+    return CaptureConfig(
+        model=model,
+        data=str(data),
+        out=str(out),
+        ladder=DEFAULT_LADDER,
+        device="cpu",
+        dtype="fp32",
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        progress=False,
+    )
+
+
+def run_capture_cli(cfg: CaptureConfig) -> float:
+    """Return the wall seconds of ``priorscope capture`` as a subprocess."""
+    cmd = [*CLI, "capture", "--model", cfg.model, "--data", cfg.data, "--out", cfg.out]
+    cmd += ["--device", "cpu", "--dtype", "fp32", "--batch-size", str(cfg.batch_size)]
+    cmd += ["--max-new-tokens", str(cfg.max_new_tokens), "--no-progress"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return time.perf_counter() - t0
+
+
+def bench_model(name: str, args: argparse.Namespace, data: Path, work: Path) -> dict:
+    from priorscope.engine.models.registry import load_model
+
+    examples = list(load(str(data)).examples)
+    if name == "organism":
+        adapter = load_model("builtin:organism", dtype="float32")
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from capture import build_adapter  # benchmarks/capture.py
+
+        adapter = build_adapter("medium", "cpu", "float32")
+    loop = run_loop(adapter, examples, DEFAULT_LADDER, args.max_new_tokens)
+    out = work / f"{name}.zarr"
+    if name == "organism":
+        cfg = capture_cfg("builtin:organism", data, out, args)
+        cap_s, start_s = run_capture_cli(cfg), 0.0
+    else:
+        cfg = capture_cfg("random:medium", data, out, args)
+        start_s = cli_start_seconds()
+        t0 = time.perf_counter()
+        capture(cfg, adapter=adapter)
+        cap_s = time.perf_counter() - t0 + start_s
+    n_ic = len(examples) * (len(DEFAULT_LADDER) + 2)
+    conds = [c for c, _ in loop_conditions(DEFAULT_LADDER)]
+    return {
+        "model": name,
+        "items": len(examples),
+        "item_conditions": n_ic,
+        "loop_s": loop["seconds"],
+        "capture_s": cap_s,
+        "capture_process_start_added_s": start_s,
+        "loop_ic_per_s": n_ic / loop["seconds"],
+        "capture_ic_per_s": n_ic / cap_s,
+        "ratio": loop["seconds"] / cap_s,
+        "answers_equal": agreement(loop["answers"], store_answers(str(out)), conds),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=400)
+    parser.add_argument("--size", type=int, default=112, help="Image side in pixels.")
+    parser.add_argument("--models", default="organism,medium")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--out-json", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        cfg = synth.SynthConfig(n=args.items, size=args.size, mc=True)
+        data = synth.write_tsv(synth.generate(cfg), work / "bench.tsv")
+        for name in args.models.split(","):
+            rows.append(bench_model(name, args, data, work))
+            r = rows[-1]
+            print(
+                f"{r['model']:9s} items={r['items']} loop {r['loop_ic_per_s']:8.1f} ic/s  "
+                f"capture {r['capture_ic_per_s']:8.1f} ic/s  ratio {r['ratio']:5.2f}x  "
+                f"answers equal {json.dumps({k: round(v, 3) for k, v in r['answers_equal'].items()})}",
+                flush=True,
+            )
+    args.out_json.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "command": " ".join(sys.argv),
+        "rows": rows,
+    }
+    args.out_json.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {args.out_json}")
+
+
+if __name__ == "__main__":
+    main()
