@@ -154,6 +154,7 @@ def _info(
         ("candidates", ", ".join(summary["candidates"][:20])),
         ("hidden", f"{summary['hidden_dtype']}, {summary['shard_examples']} examples per shard"),
         ("full sequences", str(summary["fullseq_examples"])),
+        ("text-only", f"{summary['text_only_examples']} (captured under 'none' only)"),
         ("size on disk", f"{summary['disk_bytes'] / 1e6:.1f} MB"),
         ("created", str(summary["created"])),
     ]

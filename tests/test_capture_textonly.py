@@ -60,3 +60,49 @@ def test_text_only_rows_hold_none_only_and_image_rows_are_untouched(tmp_path) ->
     for row, i in enumerate(ids):
         if not text[row]:
             np.testing.assert_array_equal(hidden[row], ref.hidden()[ref_ids.index(i)])
+    _check_verify_and_info(out, full, store.n_examples)
+
+
+def _check_verify_and_info(out, full, n_examples: int) -> None:
+    """The mixed store verifies complete (deep too) and info counts its text-only rows."""
+    import zarr
+
+    from priorscope.engine.store import schema
+    from priorscope.engine.store.verify import info, verify
+
+    for deep in (False, True):
+        report = verify(out, deep=deep)
+        assert report.ok, report.problems
+        assert report.n_committed == n_examples
+    assert info(out)["text_only_examples"] == 2
+    assert info(full)["text_only_examples"] == 0
+    # A NaN planted in an image row is still a finding, in log-probs and in hidden states.
+    store = open_store(out)
+    ids = list(store.examples().ids)
+    image_row = ids.index("t0")
+    group = zarr.open_group(str(out), mode="r+")
+    cand = group[schema.OUT_CAND_LOGPROB]
+    saved = cand[image_row, 0, 0]
+    cand[image_row, 0, 0] = np.nan
+    assert any("candidate log-probs" in p for p in verify(out).problems)
+    cand[image_row, 0, 0] = saved
+    assert verify(out, deep=True).ok
+    hidden = group[schema.HIDDEN]
+    block = hidden[image_row : image_row + 1]
+    planted = block.copy()
+    planted[0, 0, 0, 0, 0] = np.nan
+    hidden[image_row : image_row + 1] = planted
+    assert verify(out).ok  # shallow verify leaves hidden states unread
+    assert any("hidden" in p for p in verify(out, deep=True).problems)
+    # A text-only row's void image condition that holds a finite value is a mix, not void.
+    text_row = ids.index("t1")
+    hidden[image_row : image_row + 1] = block
+    block = hidden[text_row : text_row + 1]
+    none = store.condition_index("none")
+    other = next(c for c in range(len(store.condition_names)) if c != none)
+    mixed = block.copy()
+    mixed[0, other, 0, 0, 0] = 0.5
+    hidden[text_row : text_row + 1] = mixed
+    assert any("hidden" in p for p in verify(out, deep=True).problems)
+    hidden[text_row : text_row + 1] = block
+    assert verify(out, deep=True).ok

@@ -40,20 +40,25 @@ def _missing_ranges(done: np.ndarray, limit: int = 5) -> str:
     return ", ".join(parts[:limit]) + more
 
 
-def _value_problems(store: Store, done: np.ndarray, deep: bool) -> list[str]:
-    """Return committed examples whose log-probs (and, if ``deep``, hidden states) are not finite."""
-    if store.answers_only:
-        return []
-    problems = []
-    # Log-probs are computed for every committed (example, condition): NaN means a lost write.
-    cand = store.outputs("cand_logprob", include_uncommitted=True)
-    bad = np.flatnonzero(done & ~np.isfinite(cand).all(axis=(1, 2)))
-    if bad.size:
-        problems.append(
-            f"{bad.size} committed examples lack candidate log-probs (first: {bad[:5].tolist()})"
-        )
-    if not deep:
-        return problems
+def text_only_rows(store: Store, cand: np.ndarray | None = None) -> np.ndarray:
+    """Return, per example of the store, whether it was captured under 'none' only.
+
+    Capture gives a row without an image finite log-probs under 'none' and NaN under every
+    other condition (run.py marks them void); the store does not record ``has_image``, so
+    the pattern itself is the mark. A row NaN under 'none' too is a lost write, not this.
+    """
+    if cand is None:
+        cand = store.outputs("cand_logprob", include_uncommitted=True)
+    names = store.condition_names
+    if "none" not in names or len(names) < 2:
+        return np.zeros(cand.shape[0], dtype=bool)
+    none = names.index("none")
+    others = [c for c in range(len(names)) if c != none]
+    return np.isfinite(cand[:, none]).all(axis=-1) & np.isnan(cand[:, others]).all(axis=(1, 2))
+
+
+def _hidden_problems(store: Store, done: np.ndarray, text: np.ndarray) -> list[str]:
+    """Return shards of committed examples whose hidden states are not finite where they must be."""
     arr = store.group[schema.HIDDEN]
     # 'image_mean' of the 'none' condition is NaN by definition: there are no image tokens.
     allowed = np.zeros(arr.shape[1:4], dtype=bool)
@@ -61,17 +66,40 @@ def _value_problems(store: Store, done: np.ndarray, deep: bool) -> list[str]:
         r = store.reductions.index("image_mean")
         for c, cond in enumerate(store.conditions):
             allowed[c, :, r] = cond.kind == "none"
+    # A text-only row's image conditions are void: all-NaN there, never a mix.
+    void = np.array([cond.kind != "none" for cond in store.conditions])[None, :, None, None]
+    problems = []
     step = store.shard_examples
     for start in range(0, store.n_examples, step):
         stop = min(start + step, store.n_examples)
         if not done[start:stop].all():
             continue
-        values = backend.read(arr, slice(start, stop))
-        finite = np.isfinite(decode(values, values.dtype == np.uint16))
-        ok = finite.all(axis=-1) | allowed[None]
+        values = decode(v := backend.read(arr, slice(start, stop)), v.dtype == np.uint16)
+        ok = np.isfinite(values).all(axis=-1) | allowed[None]
+        text_void = text[start:stop, None, None, None] & void
+        ok |= text_void & np.isnan(values).all(axis=(2, 3, 4))[:, :, None, None]
         if not ok.all():
             problems.append(f"hidden of examples {start}-{stop - 1} holds NaN or inf")
     return problems
+
+
+def _value_problems(store: Store, done: np.ndarray, deep: bool) -> list[str]:
+    """Return committed examples whose log-probs (and, if ``deep``, hidden states) are not finite."""
+    if store.answers_only:
+        return []
+    problems = []
+    # Log-probs are computed for every committed (example, condition): NaN means a lost write,
+    # except a text-only row's image conditions, which are NaN by design.
+    cand = store.outputs("cand_logprob", include_uncommitted=True)
+    text = text_only_rows(store, cand)
+    bad = np.flatnonzero(done & ~np.isfinite(cand).all(axis=(1, 2)) & ~text)
+    if bad.size:
+        problems.append(
+            f"{bad.size} committed examples lack candidate log-probs (first: {bad[:5].tolist()})"
+        )
+    if not deep:
+        return problems
+    return problems + _hidden_problems(store, done, text)
 
 
 def _read_failure(what: str, exc: Exception) -> str:
@@ -163,10 +191,18 @@ def info(path: str | Path | Store) -> dict[str, Any]:
         "hidden_dtype": attrs.get("hidden_dtype"),
         "shard_examples": attrs.get("layout", {}).get("shard_examples"),
         "fullseq_examples": len(store.fullseq_examples()),
+        # Rows without an image: captured under 'none' only, their other conditions void.
+        "text_only_examples": _text_only_count(store, done),
         "disk_bytes": backend.stored_bytes(store.path),
         "groups": groups,
         "arrays": arrays,
     }
+
+
+def _text_only_count(store: Store, done: np.ndarray) -> int:
+    if store.answers_only:
+        return 0
+    return int((text_only_rows(store) & done).sum())
 
 
 def _array_info(arr: Any) -> dict[str, Any]:
