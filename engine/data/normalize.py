@@ -52,7 +52,9 @@ def normalize_answer(text: str) -> str:
     text = _OTHER_PUNCTUATION.sub(" ", text)
     words = [NUMBER_WORDS.get(w, w) for w in text.split()]
     kept = [w for w in words if w not in ARTICLES]
-    return " ".join(kept if kept else words)
+    # An answer made only of articles ("A", "The A") is itself a word, e.g. an option letter:
+    # keep its last word rather than an empty string or the leading article.
+    return " ".join(kept if kept else words[-1:])
 
 
 def parse_number(text: str) -> float | None:
