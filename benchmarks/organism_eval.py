@@ -73,9 +73,10 @@ def _vision_text(cfg: dict[str, Any]) -> str:
 
 def _command(cfg: dict[str, Any]) -> str:
     """Return the `priorscope organism train` command line that reproduces the checkpoint."""
-    from priorscope.engine.models.organism.train import TrainConfig
+    from priorscope.engine.training.organism import TrainConfig
 
-    defaults = TrainConfig().to_json()
+    # Through JSON, as training.json was written (tuples become lists).
+    defaults = json.loads(json.dumps(TrainConfig().to_json()))
     flags = {
         "steps": "--steps",
         "lr": "--lr",
@@ -92,7 +93,8 @@ def _command(cfg: dict[str, Any]) -> str:
         if cfg.get(key) != defaults[key]:
             line += f" {flag} {cfg.get(key)}"
     ignored = ("seed", "log_every", "save_every")
-    same = all(cfg.get(k) == v for k, v in defaults.items() if k not in ignored)
+    # A key missing from an older training.json predates its option: the run used the default.
+    same = all(cfg.get(k, v) == v for k, v in defaults.items() if k not in ignored)
     return f"`{line}`" + (" (the defaults are this checkpoint's settings)" if same else "")
 
 
@@ -184,7 +186,7 @@ def main() -> None:
     import torch
 
     from priorscope.engine.models import load_model
-    from priorscope.engine.models.organism.evaluate import EvalConfig, evaluate
+    from priorscope.engine.training.evaluate import EvalConfig, evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(REPO / "engine/models/organism/checkpoint"))

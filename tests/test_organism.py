@@ -19,19 +19,17 @@ from priorscope.engine.models.organism.build import (
     organism_processor,
     organism_tokenizer,
 )
-from priorscope.engine.models.organism.evaluate import EvalConfig, evaluate, summarize
-from priorscope.engine.models.organism.train import (
-    TrainConfig,
-    _optimizer,
-    _prompt,
-    _set_vision_trainable,
+from priorscope.engine.training.data import (
     collate,
     patchify,
     preprocess,
+    prompt_text,
     row_image,
     token_labels,
     training_rows,
 )
+from priorscope.engine.training.evaluate import EvalConfig, evaluate, summarize
+from priorscope.engine.training.organism import TrainConfig, _optimizer, _set_vision_trainable
 
 CARD = json.loads((ORGANISM_DIR / "metrics.json").read_text())
 
@@ -140,7 +138,7 @@ def test_patchify_matches_the_processor_and_collate_left_pads() -> None:
         rtol=0,
     )
     for row, row_ids, image in zip(rows, ids, originals, strict=True):
-        prompt = processor(text=[_prompt(processor, _open(row))], images=[image])
+        prompt = processor(text=[prompt_text(processor, _open(row))], images=[image])
         assert row_ids == [
             *prompt["input_ids"][0],
             tok.convert_tokens_to_ids(row.answer),
@@ -197,7 +195,7 @@ def test_train_config_validation() -> None:
         OrganismArch(image_size=100)
     with pytest.raises(UsageError, match="binding_layer"):
         TrainConfig(binding_layer=4)
-    from priorscope.engine.models.organism.train import build_training_set
+    from priorscope.engine.training.data import build_training_set
 
     blank = TrainConfig(n_train=8, batch_size=8, uninformative_rate=0.999)
     with pytest.raises(UsageError, match="all with blank images"):
@@ -279,7 +277,7 @@ def test_token_labels_agree_with_answers_and_blank_rows() -> None:
 
 
 def test_noun_index_points_at_the_asked_shape_or_object() -> None:
-    from priorscope.engine.models.organism.train import noun_index
+    from priorscope.engine.training.data import noun_index
 
     _, tok, _, rows, ids, _ = _preprocessed(seed=11, k=10)
     for row, row_ids in zip(rows, ids, strict=True):

@@ -173,3 +173,118 @@ def test_parse_templates():
     assert synth.parse_templates(" prior, control ") == ("prior", "control")
     with pytest.raises(UsageError, match="Did you mean 'count'"):
         synth.parse_templates("color,cuont")
+
+
+# --------------------------------------------------------------------------- planted groups (issue 13)
+
+# sha256 of `write_tsv` output computed with engine/data/synth.py as it was before the planted
+# options existed (git HEAD 9bd3fb0): the default output must stay byte-identical.
+BEFORE_PLANTED = {
+    "default": "78205f556d5372e6ca047d59567678075457efbf9ac464749846bfee849ced79",
+    "mc": "222a994321d2c839b7f58e8df4a76b3989d2ecefa2af026f855b8c2372a4f05a",
+    "prior_color": "6b094500c95cdcef3b02029a03dce23bce16a25baea2b9c321d621bc9b8765f8",
+}
+PLANTED = {"suppressed": ("banana", "carrot"), "not_retrieved": ("triangle",)}
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_default_output_is_byte_identical_to_before_the_planted_options(tmp_path):
+    from priorscope.cli.main import main
+
+    assert main(["synth", "--out", str(tmp_path / "cli.tsv")]) == 0  # n=500, seed=0
+    assert _digest(tmp_path / "cli.tsv") == BEFORE_PLANTED["default"]
+    mc = write_tsv(generate(SynthConfig(n=120, seed=3, mc=True)), tmp_path / "mc.tsv")
+    assert _digest(mc) == BEFORE_PLANTED["mc"]
+    cfg = SynthConfig(n=60, seed=1, size=64, prior_rate=0.3, templates=("prior", "color"))
+    assert _digest(write_tsv(generate(cfg), tmp_path / "p.tsv")) == BEFORE_PLANTED["prior_color"]
+    header = (tmp_path / "cli.tsv").read_text().split("\n", 1)[0].split("\t")
+    assert "planted" not in header
+
+
+def test_planted_column_names_each_rows_group():
+    cfg = SynthConfig(n=700, seed=4, templates=(*synth.TEMPLATES, "detail"), **PLANTED)
+    rows = generate(cfg)
+    groups = {g: [e for e in rows if e.metadata["planted"] == g] for g in synth.PLANTED_GROUPS}
+    assert all(len(v) >= 25 for v in groups.values()), {k: len(v) for k, v in groups.items()}
+    assert sum(len(v) for v in groups.values()) == len(rows)
+    for e in rows:
+        template, group = e.metadata["template"], e.metadata["planted"]
+        obj = split_words(e.question)[-2]
+        expected = {
+            "control": "control",
+            "detail": "not_retrieved",
+            "prior": "suppressed" if obj in PLANTED["suppressed"] else "prior",
+        }.get(template, "used")
+        assert group == expected, (e.question, group)
+        if template == "color":  # colour questions never ask about a not-retrieved shape
+            assert obj not in PLANTED["not_retrieved"]
+
+
+def test_detail_rows_draw_the_not_retrieved_shape_alone_in_a_uniform_colour():
+    cfg = SynthConfig(n=1600, seed=6, templates=("detail",), not_retrieved=("triangle", "star"))
+    rows = [build_row(cfg, i) for i in range(cfg.n)]
+    counts = {c: 0 for c in PALETTE}
+    for row in rows:
+        assert len(row.scene.items) == 1
+        item = row.scene.items[0]
+        assert (
+            item.kind in ("triangle", "star") and row.question == f"what color is the {item.kind}?"
+        )
+        assert item.color == row.answer and _colours_in(render(row.scene)) == {row.answer}
+        counts[row.answer] += 1
+    # Uniform over 8 colours: each within 4 binomial standard errors of 200.
+    sd = math.sqrt(cfg.n / 8 * 7 / 8)
+    assert all(abs(k - cfg.n / 8) <= 4 * sd for k in counts.values()), counts
+
+
+def test_suppressed_prior_rate_applies_to_the_suppressed_objects_only():
+    cfg = SynthConfig(
+        n=3000,
+        seed=8,
+        templates=("prior",),
+        suppressed=("banana", "grape", "leaf"),
+        suppressed_prior_rate=0.125,
+    )
+    rows = [build_row(cfg, i) for i in range(cfg.n)]
+    for group, rate in (("suppressed", 0.125), ("prior", 0.8)):
+        part = [r for r in rows if r.planted == group]
+        canonical = sum(not r.counter_prior for r in part) / len(part)
+        assert abs(canonical - rate) <= 4 * math.sqrt(rate * (1 - rate) / len(part)), group
+    # Without planted options the same seed draws the same rows as before (no planted group).
+    plain = build_row(SynthConfig(n=5, seed=8, templates=("prior",)), 3)
+    assert (
+        plain.planted == ""
+        and plain.scene
+        == build_row(
+            SynthConfig(n=5, seed=8, templates=("prior",), suppressed=("banana",)), 3
+        ).scene
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"suppressed": ("bananna",)}, "Did you mean 'banana'"),
+        ({"not_retrieved": ("triangel",)}, "Did you mean 'triangle'"),
+        ({"not_retrieved": SHAPES}, "at least one shape left"),
+        ({"templates": ("detail",)}, "not_retrieved shapes"),
+        ({"suppressed": ("banana",), "suppressed_prior_rate": 2.0}, "suppressed_prior_rate"),
+    ],
+)
+def test_bad_planted_options_are_usage_errors(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        SynthConfig(n=5, **kwargs)
+
+
+def test_parse_names_and_detail_template():
+    assert synth.parse_names(" banana, carrot ", PRIOR_OBJECTS, "prior object") == (
+        "banana",
+        "carrot",
+    )
+    assert synth.parse_names("", SHAPES, "shape") == ()
+    assert synth.parse_templates("detail,prior") == ("detail", "prior")
+    with pytest.raises(UsageError, match="Did you mean 'square'"):
+        synth.parse_names("sqare", SHAPES, "shape")

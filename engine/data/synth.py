@@ -12,6 +12,19 @@ Each row is one of five templates (recorded in the metadata column ``template``)
   first kind and wrong on the second.
 - ``control``: "how many sides does a triangle have?" -- answerable from the text alone; the
   image shows unrelated shapes (``needs_image`` = 0).
+- ``detail`` (only with ``not_retrieved``, never in the default cycle): "what color is the
+  triangle?" about one of the ``not_retrieved`` shapes, drawn alone in a uniformly drawn colour.
+
+Planted groups (issue 13): with ``suppressed`` (prior objects) or ``not_retrieved`` (shapes) set,
+every row also gets a ``planted`` column naming the behaviour a model organism was trained to
+show on it: ``used`` (colour, count and presence rows: the answer follows the image, and is at
+chance without it), ``prior`` (prior rows of the other objects: the image when visible, the
+canonical colour without it, as in ``builtin:organism``), ``suppressed`` (prior rows of the
+``suppressed`` objects: answered with the canonical colour even when drawn otherwise),
+``not_retrieved`` (``detail`` rows: the colour is never moved from the image tokens, so it is
+answered at chance) and ``control``. ``color``
+rows then never ask about a ``not_retrieved`` shape. Without these options the output is the
+same, byte for byte, as before they existed.
 
 Answers are single words: colour names, digits for numbers (``"3"``, never ``"three"``; the
 scorer maps number words to digits), and ``yes``/``no``. With ``mc=True`` each row gets options
@@ -19,8 +32,8 @@ scorer maps number words to digits), and ``yes``/``no``. With ``mc=True`` each r
 two, ``yes`` and ``no``, for yes/no questions) and the answer is the option letter.
 
 Metadata columns: ``template``, ``canonical`` (the canonical answer: the object's usual colour
-on prior rows, the text-derived answer on control rows, "" otherwise), ``counter_prior`` ("0"/"1")
-and ``needs_image`` ("0"/"1").
+on prior rows, the text-derived answer on control rows, "" otherwise), ``counter_prior`` ("0"/"1"),
+``needs_image`` ("0"/"1") and, with planted options, ``planted``.
 
 Images are ``size`` x ``size`` PNGs with one to three filled shapes from :data:`PALETTE` on the
 plain background :data:`BACKGROUND`, placed in distinct cells of a 3x3 grid so they never touch.
@@ -66,6 +79,10 @@ PRIOR_OBJECTS: dict[str, str] = {
     "blueberry": "blue",
 }
 TEMPLATES: tuple[str, ...] = ("color", "count", "presence", "prior", "control")
+# Templates that exist only with planted options; never part of the default cycle.
+PLANTED_TEMPLATES: tuple[str, ...] = ("detail",)
+ALL_TEMPLATES: tuple[str, ...] = TEMPLATES + PLANTED_TEMPLATES
+PLANTED_GROUPS: tuple[str, ...] = ("used", "prior", "suppressed", "not_retrieved", "control")
 NUMBERS: tuple[str, ...] = ("0", "1", "2", "3", "4", "5")
 # Facts a language model knows without the image: (question, answer).
 CONTROL_FACTS: tuple[tuple[str, str], ...] = (
@@ -126,7 +143,12 @@ def vocabulary() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """How to generate the synthetic benchmark; ``n`` rows cycle through ``templates`` in order."""
+    """How to generate the synthetic benchmark; ``n`` rows cycle through ``templates`` in order.
+
+    ``suppressed`` (prior objects) and ``not_retrieved`` (shapes) plant the issue-13 groups and
+    add the ``planted`` column; ``suppressed_prior_rate`` is the canonical-colour rate of the
+    suppressed objects (None: ``prior_rate``; 0.125 draws their colour uniformly).
+    """
 
     n: int
     seed: int = 0
@@ -135,6 +157,9 @@ class SynthConfig:
     mc: bool = False
     templates: tuple[str, ...] = TEMPLATES
     benchmark: str = "synth"
+    suppressed: tuple[str, ...] = ()
+    not_retrieved: tuple[str, ...] = ()
+    suppressed_prior_rate: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
@@ -153,10 +178,37 @@ class SynthConfig:
         if not self.templates:
             raise UsageError(f"Expected at least one template of {', '.join(TEMPLATES)}.")
         for name in self.templates:
-            if name not in TEMPLATES:
-                raise did_you_mean(name, TEMPLATES, "synth template")
+            if name not in ALL_TEMPLATES:
+                raise did_you_mean(name, ALL_TEMPLATES, "synth template")
         if not self.benchmark:
             raise UsageError("Expected a non-empty benchmark name. Got '' instead.")
+        self._check_planted()
+
+    def _check_planted(self) -> None:
+        for name in self.suppressed:
+            if name not in PRIOR_OBJECTS:
+                raise did_you_mean(name, tuple(PRIOR_OBJECTS), "prior object (suppressed)")
+        for name in self.not_retrieved:
+            if name not in SHAPES:
+                raise did_you_mean(name, SHAPES, "shape (not_retrieved)")
+        if len(set(self.not_retrieved)) >= len(SHAPES):
+            raise UsageError(
+                f"Expected at least one shape left for colour questions. Got not_retrieved="
+                f"{self.not_retrieved!r}, every shape; drop one of them."
+            )
+        if "detail" in self.templates and not self.not_retrieved:
+            raise UsageError(
+                "Expected not_retrieved shapes for the 'detail' template. Got none; pass e.g. "
+                "not_retrieved=('triangle',) (--not-retrieved triangle)."
+            )
+        rate = self.suppressed_prior_rate
+        if rate is not None and not (isinstance(rate, int | float) and 0.0 <= rate <= 1.0):
+            raise UsageError(f"Expected suppressed_prior_rate in [0, 1] or None. Got {rate!r}.")
+
+    @property
+    def planted(self) -> bool:
+        """Return whether planted groups are on (rows then carry the ``planted`` column)."""
+        return bool(self.suppressed or self.not_retrieved)
 
 
 def parse_templates(text: str) -> tuple[str, ...]:
@@ -164,12 +216,21 @@ def parse_templates(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     if not names:
         raise UsageError(
-            f"Expected a comma-separated list of templates from {', '.join(TEMPLATES)}. "
+            f"Expected a comma-separated list of templates from {', '.join(ALL_TEMPLATES)}. "
             f"Got {text!r} instead."
         )
     for name in names:
-        if name not in TEMPLATES:
-            raise did_you_mean(name, TEMPLATES, "synth template")
+        if name not in ALL_TEMPLATES:
+            raise did_you_mean(name, ALL_TEMPLATES, "synth template")
+    return names
+
+
+def parse_names(text: str, known: Sequence[str], what: str) -> tuple[str, ...]:
+    """Return the names in a comma-separated list such as ``"banana,carrot"`` (may be empty)."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    for name in names:
+        if name not in known:
+            raise did_you_mean(name, tuple(known), what)
     return names
 
 
@@ -326,9 +387,21 @@ def _colors(rng: random.Random, k: int) -> list[str]:
 def _row_color(rng: random.Random, cfg: SynthConfig) -> _Row:
     shapes = rng.sample(SHAPES, rng.randint(1, 3))
     colors = _colors(rng, len(shapes))
-    target = rng.randrange(len(shapes))
+    if cfg.not_retrieved:
+        target = _askable_target(rng, shapes, cfg.not_retrieved)
+    else:
+        target = rng.randrange(len(shapes))  # the stream every default row was drawn with
     question = f"what color is the {shapes[target]}?"
     return _Row(question, colors[target], tuple(zip(shapes, colors, strict=True)))
+
+
+def _askable_target(rng: random.Random, shapes: list[str], hidden: Sequence[str]) -> int:
+    """Return the index of a shape a colour row may ask about (swapping one in if none is)."""
+    askable = [i for i, s in enumerate(shapes) if s not in hidden]
+    if not askable:
+        shapes[0] = rng.choice([s for s in SHAPES if s not in hidden and s not in shapes])
+        askable = [0]
+    return rng.choice(askable)
 
 
 def _row_count(rng: random.Random, cfg: SynthConfig) -> _Row:
@@ -353,7 +426,10 @@ def _row_presence(rng: random.Random, cfg: SynthConfig) -> _Row:
 def _row_prior(rng: random.Random, cfg: SynthConfig) -> _Row:
     obj = rng.choice(list(PRIOR_OBJECTS))
     canonical = PRIOR_OBJECTS[obj]
-    counter = rng.random() >= cfg.prior_rate
+    rate = cfg.prior_rate
+    if obj in cfg.suppressed and cfg.suppressed_prior_rate is not None:
+        rate = cfg.suppressed_prior_rate
+    counter = rng.random() >= rate
     color = rng.choice([c for c in PALETTE if c != canonical]) if counter else canonical
     extra = rng.sample(SHAPES, rng.randint(0, 1))
     kinds = ((obj, color), *zip(extra, _colors(rng, len(extra)), strict=True))
@@ -367,13 +443,35 @@ def _row_control(rng: random.Random, cfg: SynthConfig) -> _Row:
     return _Row(question, answer, kinds, canonical=answer, needs_image=False)
 
 
+def _row_detail(rng: random.Random, cfg: SynthConfig) -> _Row:
+    # One shape alone, so its colour is the only colour in the image: decodable from the mean of
+    # the image tokens, and a model that answers it must have moved it from them.
+    shape = rng.choice(cfg.not_retrieved)
+    color = rng.choice(list(PALETTE))
+    return _Row(f"what color is the {shape}?", color, ((shape, color),))
+
+
 _BUILDERS = {
     "color": _row_color,
     "count": _row_count,
     "presence": _row_presence,
     "prior": _row_prior,
     "control": _row_control,
+    "detail": _row_detail,
 }
+
+
+def planted_group(cfg: SynthConfig, template: str, question: str) -> str:
+    """Return the planted group of a row ("" when ``cfg`` plants nothing)."""
+    if not cfg.planted:
+        return ""
+    if template == "control":
+        return "control"
+    if template == "detail":
+        return "not_retrieved"
+    if template == "prior":
+        return "suppressed" if split_words(question)[-2] in cfg.suppressed else "prior"
+    return "used"
 
 
 def _options(rng: random.Random, row: _Row) -> tuple[tuple[str, ...], str]:
@@ -405,6 +503,7 @@ class SynthRow:
     scene: Scene
     options: tuple[str, ...] = ()
     answer_label: str = ""
+    planted: str = ""  # the planted group ("" without planted options)
 
 
 def build_row(cfg: SynthConfig, index: int) -> SynthRow:
@@ -426,12 +525,21 @@ def build_row(cfg: SynthConfig, index: int) -> SynthRow:
         scene,
         options,
         label,
+        planted_group(cfg, template, row.question),
     )
 
 
 def generate_one(cfg: SynthConfig, index: int) -> Example:
     """Return row ``index`` as an Example (answer: the option letter when ``cfg.mc``)."""
     row = build_row(cfg, index)
+    metadata = {
+        "template": row.template,
+        "canonical": row.canonical,
+        "counter_prior": "1" if row.counter_prior else "0",
+        "needs_image": "1" if row.needs_image else "0",
+    }
+    if cfg.planted:  # only then: the default TSV keeps its columns
+        metadata["planted"] = row.planted
     return Example(
         id=str(index),
         question=row.question,
@@ -440,12 +548,7 @@ def generate_one(cfg: SynthConfig, index: int) -> Example:
         options=row.options,
         category=row.template,
         benchmark=cfg.benchmark,
-        metadata={
-            "template": row.template,
-            "canonical": row.canonical,
-            "counter_prior": "1" if row.counter_prior else "0",
-            "needs_image": "1" if row.needs_image else "0",
-        },
+        metadata=metadata,
     )
 
 

@@ -1,0 +1,212 @@
+"""Measure the bottleneck organism's planted groups and write its metrics and model card.
+
+Usage (single-threaded, as every benchmark here):
+    OMP_NUM_THREADS=1 python benchmarks/bottleneck_eval.py \
+        --model engine/models/organism/bottleneck --n 2000 --card
+
+Prints each issue-13 target with its measured value, writes ``metrics.json`` into the checkpoint
+folder and ``benchmarks/results/bottleneck_eval.json``; with ``--card`` also renders the folder's
+README.md (the model card) from the metrics and ``training.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "engine/models/organism/bottleneck"
+
+
+def _curve_table(probes: dict[str, Any]) -> str:
+    """Return the markdown table of probe accuracy by layer, one row per (group, reduction)."""
+    first = next(iter(probes.values()))["probe"]["last"]
+    sites = list(first)
+    lines = [
+        "| group | site | " + " | ".join(sites) + " |",
+        "|---|---|" + "---|" * len(sites),
+    ]
+    for group, result in probes.items():
+        for reduction, curve in result["probe"].items():
+            cells = " | ".join(f"{curve[s]:.2f}" for s in sites)
+            lines.append(f"| {group} | {reduction} | {cells} |")
+    return "\n".join(lines)
+
+
+def _behaviour_table(planted: dict[str, Any]) -> str:
+    lines = [
+        "| group | template | n | clean acc | total acc | chance band |",
+        "|---|---|---|---|---|---|",
+    ]
+    for template, row in planted["used"].items():
+        lines.append(
+            f"| used | {template} | {row['n']} | {row['clean_acc']:.3f} | "
+            f"{row['total_acc']:.3f} | {row['chance_band']} |"
+        )
+    for name in ("prior", "suppressed"):
+        row = planted[name]
+        lines.append(
+            f"| {name} | prior | {row['n']} | {row['clean_acc']:.3f} | "
+            f"canonical {row['total_canonical_rate']:.3f} | |"
+        )
+    row = planted["not_retrieved"]
+    lines.append(
+        f"| not_retrieved | detail | {row['n']} | {row['clean_acc']:.3f} | | {row['chance_band']} |"
+    )
+    row = planted["control"]
+    lines.append(f"| control | control | {row['n']} | {row['clean_acc']:.3f} | | |")
+    return "\n".join(lines)
+
+
+def _command(cfg: dict[str, Any]) -> str:
+    """Return the `priorscope organism train` command line that reproduces the checkpoint."""
+    from priorscope.engine.training.organism import BOTTLENECK
+
+    preset = json.loads(json.dumps(BOTTLENECK.to_json()))
+    line = f"priorscope organism train --out DIR --preset bottleneck --seed {cfg['seed']}"
+    flags = {"steps": "--steps", "n_train": "--n-train", "lr": "--lr", "batch_size": "--batch-size"}
+    for key, flag in flags.items():
+        if cfg.get(key) != preset[key]:
+            line += f" {flag} {cfg.get(key)}"
+    ignored = ("seed", "log_every", "save_every", *flags)
+    same = all(cfg.get(k) == v for k, v in preset.items() if k not in ignored)
+    return f"`{line}`" + ("" if same else " (NOTE: other settings differ from the preset)")
+
+
+def _card(metrics: dict[str, Any], training: dict[str, Any]) -> str:
+    cfg = training["config"]
+    arch, plant = cfg["arch"], cfg["plant"]
+    planted = metrics["behaviour"]["planted"]
+    last = f"resid.{arch['layers'] - 1}"
+    mid = f"resid.{cfg['readout_layer']}"
+    targets = "\n".join(
+        f"- {t['target']}: **{t['value']}** ({'met' if t['met'] else 'NOT met'})"
+        for t in metrics["targets"]
+    )
+    ev = metrics["eval"]
+    suppress_layers = ", ".join(str(i) for i in cfg["suppress_layers"])
+    return f"""# priorscope bottleneck organism
+
+A tiny `Qwen2_5_VLForConditionalGeneration` ({training["parameters"]:,} parameters) trained from
+scratch by priorscope on its synthetic benchmark with three planted item groups (issue 13), so
+that probes and layer replacement can be checked against a known answer. Text decoder:
+{arch["layers"]} layers, d_model {arch["d_model"]}, {arch["heads"]} heads; vision tower
+{arch["vision_depth"]} layers of width {arch["vision_width"]}; {arch["image_size"]} x {arch["image_size"]} pixels = {(arch["image_size"] // 28) ** 2} image tokens; word-level tokenizer
+(every answer is one token). Load it with `priorscope.engine.models.load_model("builtin:bottleneck")`.
+
+## Planted groups (the synth `planted` column)
+
+Generate its items with `SynthConfig(..., templates={tuple(plant["templates"])},
+suppressed={tuple(plant["suppressed"])}, not_retrieved={tuple(plant["not_retrieved"])})`.
+
+- **used**: `color`, `count`, `presence` rows. The answer follows the image; without it, chance.
+- **prior**: prior rows of {", ".join(o for o in ("banana", "strawberry", "carrot", "leaf", "grape", "blueberry") if o not in plant["suppressed"])}: the image when visible,
+  the canonical colour without it (as `builtin:organism`).
+- **suppressed**: prior rows of {", ".join(plant["suppressed"])}. Always answered with the canonical
+  colour. The drawn colour is moved to the answer position by layer {cfg["readout_layer"]} (`{mid}`, a training
+  read-out asked for it there) and removed again by layers {suppress_layers} (their text-position
+  states were trained not to change when the object is recoloured, and their answer position
+  against a linear probe of it).
+- **not_retrieved**: `detail` rows, "what color is the {plant["not_retrieved"][0]}?" about a lone
+  {"/".join(plant["not_retrieved"])}. The image tokens carry its colour (scene loss); no text position of any
+  layer was allowed to change when it is recoloured, and the answer was trained on a uniformly
+  drawn colour, so it is answered at chance.
+- **control**: text-only facts.
+
+## Measured (held-out, n = {ev["n"]} per set, seeds {ev["seed"]}/{ev["seed"] + 1}/{ev["seed"] + 2})
+
+Answers: greedy answer token; `total` shows each image as its mean colour. The chance band of
+a rate is [uniform rate − 3 SE, majority rate + 3 SE] of the set's gold answers: where any
+answer that ignores the image falls.
+
+{_behaviour_table(planted)}
+
+Suppressed counter-prior items (clean) answered canonical: {planted["suppressed"]["counter_clean_canonical_rate"]:.3f}
+(behaviour set, n={planted["suppressed"]["counter_n"]}); probe set:
+{metrics["probes"]["suppressed"]["counter_clean_canonical_rate"]:.3f} (n={metrics["probes"]["suppressed"]["counter_n"]}). Clean and total answers agree on
+{planted["suppressed"]["clean_equals_total_rate"]:.3f} of suppressed items.
+
+Linear probes (standardised logistic regression, C={ev["probe_c"]}, stratified {ev["folds"]}-fold
+cross-validated accuracy) of the drawn colour, by layer (`embed` = input of layer 0). Suppressed
+items are drawn in a uniform colour for this set (the canonical one is right 1 time in 8).
+
+{_curve_table(metrics["probes"])}
+
+### Issue-13 targets
+
+{targets}
+
+The suppressed drop is measured from `{mid}` to `{last}`.
+
+## Training
+
+- {cfg["n_train"]} synth rows (`seed 1000003 + seed`, the template cycle above, prior_rate
+  {cfg["prior_rate"]}, suppressed objects drawn canonical {plant["suppressed_prior_rate"]} of the time),
+  {cfg["uninformative_rate"]} of them with an uninformative image and an answer drawn from the
+  question's prior; every informative suppressed / not_retrieved row has a recoloured twin in the
+  same batch.
+- Losses: answer tokens; scene loss (weight {cfg["aux_weight"]}) on the merged image tokens;
+  binding loss (weight {cfg["binding_weight"]}) at the question word of layer {cfg["binding_layer"]}; drawn-colour read-out
+  (weight {cfg["readout_weight"]}) at the answer position of layer {cfg["readout_layer"]}; suppressed invariance (weight
+  {cfg["suppress_weight"]}) at layers {suppress_layers}; not-retrieved invariance (weight {cfg["hide_weight"]}) at every layer;
+  linear erasure (weight {cfg.get("erase_weight", 0.0)}): the same twin difference at the answer position of
+  those layers, measured in the metric a linear probe uses (the inverse of the running
+  covariance of the group's colour-averaged states, each batch centred on its own mean), so a
+  difference that is tiny but sits where these items hardly vary still costs. The plain
+  invariance alone brought the change to 0.1% of the batch variance and a fresh probe still
+  read the colour at 0.99; a covariance centred on a running mean also held the model's drift
+  between steps and hid a colour read at 0.98. The invariance and erasure losses start at step
+  {cfg.get("plant_start", 0)} and reach full weight {cfg.get("plant_ramp", 0)} steps later: from the first step they kept
+  any colour from reaching the answer position. None of these read-outs is part of the
+  checkpoint.
+- AdamW, peak lr {cfg["lr"]}, {cfg["warmup"]} warm-up steps then cosine to 5%, batch {cfg["batch_size"]} (+ twins),
+  {cfg["steps"]} steps; seed {cfg["seed"]}; wall time {training["wall_seconds"] / 60:.1f} min, CPU time
+  {training.get("cpu_seconds", float("nan")) / 60:.1f} min on {training["torch_threads"]} torch thread(s) (2-core CPU shared with other jobs).
+- Command: {_command(cfg)}
+
+Measurement command: `OMP_NUM_THREADS=1 python benchmarks/bottleneck_eval.py --n {ev["n"]} --card`
+({metrics["eval_seconds"]:.0f} s).
+"""
+
+
+def main() -> None:
+    import torch
+
+    from priorscope.engine.models import load_model
+    from priorscope.engine.training.planted import PlantedEvalConfig, measure_planted
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(DEFAULT))
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--card", action="store_true", help="Also write the model card README.md.")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    start = time.time()
+    metrics = measure_planted(
+        load_model(args.model), args.model, PlantedEvalConfig(n=args.n, seed=args.seed)
+    )
+    metrics["eval_seconds"] = round(time.time() - start, 1)
+    metrics["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
+    metrics["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(_curve_table(metrics["probes"]))
+    for row in metrics["targets"]:
+        print(f"{'met    ' if row['met'] else 'NOT met'}  {row['target']}: {row['value']}")
+    folder = Path(args.model)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    results = REPO / "benchmarks/results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "bottleneck_eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.card:
+        training = json.loads((folder / "training.json").read_text())
+        (folder / "README.md").write_text(_card(metrics, training))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Training-only read-outs of the organism and their losses (never saved with the checkpoint).
+
+Every read-out reads the model through :func:`priorscope.engine.models.sites.hooks`: a
+:class:`SiteCache` holds the latest forward's tensor of each site it was asked for, and the
+heads below turn those tensors into losses.
+
+- :class:`AuxHead` (site ``vision``): the scene loss; every merged image token names the item
+  under it. It stands in for the vision pre-training a real VLM's encoder has.
+- :class:`BindingHead` (site ``resid.{binding_layer}``): the answer, read at the question's
+  shape or object word.
+- :class:`ColourHead` (site ``resid.{readout_layer}``): the drawn colour of a ``suppressed``
+  row's object, read at the answer position (issue 13: retrieved, then suppressed).
+- :func:`invariance_loss`: how much a site's text-position states change between a planted row
+  and its recoloured twin, relative to how much they vary across the batch.
+- :func:`whitened_change` (with a :class:`Whitener` per site): the same change at the answer
+  position, measured as a linear probe would see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+# The last prompt position of a training sequence (prompt, answer, <|im_end|>): the answer is
+# read there, as ``last`` is at capture.
+ANSWER_POSITION = -3
+
+
+class SiteCache:
+    """The latest forward's tensor of each of ``sites``, filled by read hooks."""
+
+    def __init__(self, sites: Iterable[str]) -> None:
+        self.sites = sorted(set(sites))
+        self.tensors: dict[str, Any] = {}
+
+    def reads(self) -> dict[str, Any]:
+        """Return the ``reads`` mapping for :func:`~priorscope.engine.models.sites.hooks`."""
+        return {site: self._reader(site) for site in self.sites}
+
+    def _reader(self, site: str) -> Any:
+        def read(tensor: Any) -> None:
+            self.tensors[site] = tensor
+
+        return read
+
+    def __getitem__(self, site: str) -> Any:
+        return self.tensors[site]
+
+
+class AuxHead:
+    """Per-token linear read-out of the image tokens (site ``vision``)."""
+
+    site = "vision"
+
+    def __init__(self, d_model: int, n_kinds: int, n_colours: int, n_counts: int = 4) -> None:
+        import torch
+
+        self.sizes = (n_kinds, n_colours, n_counts)
+        self.linear = torch.nn.Linear(d_model, sum(self.sizes))
+
+
+def aux_scene_loss(head: AuxHead, features: Any, targets: Any) -> Any:
+    """Return the summed cross-entropy of each image token's item kind, colour and kind count.
+
+    ``features`` [batch * tokens, d_model] are the merged image tokens (the ``vision`` site);
+    ``targets`` [batch, tokens, 3]. A linear read-out of every merged image token must name what
+    is drawn under it and how many of its kind the image holds, so the tower learns features
+    the decoder can attend to.
+    """
+    import torch.nn.functional as F
+
+    out = head.linear(features)
+    flat = targets.reshape(-1, targets.shape[-1])
+    loss = out.new_zeros(())
+    start = 0
+    for j, size in enumerate(head.sizes):
+        loss = loss + F.cross_entropy(out[:, start : start + size], flat[:, j])
+        start += size
+    return loss
+
+
+class BindingHead:
+    """Linear read-out of one decoder layer's output at the question word (training only)."""
+
+    def __init__(self, d_model: int, vocab: int, layer: int) -> None:
+        import torch
+
+        self.linear = torch.nn.Linear(d_model, vocab)
+        self.site = f"resid.{layer}"
+
+
+def binding_loss(head: BindingHead, features: Any, nouns: Any, answers: Any) -> Any:
+    """Return the cross-entropy of the answer read at each row's question word (rows with one).
+
+    ``features`` [batch, seq, d_model]; ``nouns`` [batch] positions (-1: none); ``answers``
+    [batch] token ids.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    keep = nouns >= 0
+    if not bool(keep.any()):
+        return features.sum() * 0.0
+    rows = torch.arange(nouns.shape[0])[keep]
+    out = head.linear(features[rows, nouns[keep]])
+    return F.cross_entropy(out, answers[keep])
+
+
+class ColourHead:
+    """Linear read-out of the drawn colour at the answer position of one decoder layer."""
+
+    def __init__(self, d_model: int, n_colours: int, layer: int) -> None:
+        import torch
+
+        self.linear = torch.nn.Linear(d_model, n_colours)
+        self.site = f"resid.{layer}"
+
+
+def colour_loss(head: ColourHead, features: Any, rows: Any, colours: Any) -> Any:
+    """Return the cross-entropy of the drawn colour read at the answer position of ``rows``.
+
+    ``features`` [batch, seq, d_model]; ``rows`` [k] batch indices; ``colours`` [k] classes.
+    """
+    import torch.nn.functional as F
+
+    if rows.numel() == 0:
+        return features.sum() * 0.0
+    return F.cross_entropy(head.linear(features[rows, ANSWER_POSITION]), colours)
+
+
+def invariance_loss(features: Any, pairs: Any, positions: Any) -> Any:
+    """Return the mean squared change of the states at ``positions`` between twins, relative.
+
+    ``features`` [batch, seq, d_model] of one site; ``pairs`` [k, 2] batch indices of a row and
+    its twin; ``positions`` [batch, seq] bool, the text positions of the prompt. The change is
+    divided by the batch variance of the answer-position state (not differentiated), so the
+    loss reads the same at every layer whatever the residual stream's scale.
+    """
+    if pairs.numel() == 0:
+        return features.sum() * 0.0
+    a, b = features[pairs[:, 0]], features[pairs[:, 1]]
+    mask = positions[pairs[:, 0]].to(features.dtype)
+    change = ((a - b) ** 2).sum(-1)
+    mean_change = (change * mask).sum() / mask.sum().clamp(min=1.0)
+    last = features[:, ANSWER_POSITION]
+    spread = ((last - last.mean(0)) ** 2).sum(-1).mean().detach()
+    return mean_change / (spread + 1e-6)
+
+
+class Whitener:
+    """Running mean and covariance of one site's states: the metric a standardised probe sees.
+
+    A linear probe reads a class difference against the spread of the states in the same
+    direction, so a change that is tiny in absolute terms is still read where the states hardly
+    vary. :func:`whitened_change` measures twin differences in this metric. The covariance is an
+    exponential moving average (never differentiated) of each batch's states centred on that
+    batch's own mean: centred on a running mean it also holds how far the model moved between
+    steps, and that drift (far larger than the spread of a fixed model's states) hid a colour
+    a fresh probe still read at 0.98. ``shrink`` adds that fraction of the mean variance to
+    every direction; until ``warmup`` rows have been seen the statistics are too rough to use.
+    With a few planted pairs per step, ``momentum`` must keep several times ``d_model`` rows in
+    the average: at 0.98 (about 125 rows for 128 dimensions) the covariance was rank-deficient
+    and the loss spiked a hundredfold.
+    """
+
+    def __init__(self, d_model: int, momentum: float = 0.995, shrink: float = 1e-3) -> None:
+        import torch
+
+        self.momentum = momentum
+        self.shrink = shrink
+        self.warmup = 2 * d_model
+        self.rows = 0
+        self.cov = torch.zeros(d_model, d_model, dtype=torch.float64)
+        self.precision: Any = None
+
+    def update(self, states: Any) -> None:
+        """Fold a batch of states [k, d] into the running statistics."""
+        import torch
+
+        h = states.detach().double()
+        if h.shape[0] < 2:
+            return  # one row has no spread of its own
+        first = self.rows == 0
+        self.rows += h.shape[0]
+        m = 0.0 if first else self.momentum
+        centred = h - h.mean(0)
+        self.cov = m * self.cov + (1 - m) * centred.T @ centred / (h.shape[0] - 1)
+        d = self.cov.shape[0]
+        ridge = self.shrink * torch.trace(self.cov) / d + 1e-12
+        self.precision = torch.linalg.inv(self.cov + ridge * torch.eye(d, dtype=torch.float64))
+
+    @property
+    def ready(self) -> bool:
+        return self.rows >= self.warmup
+
+
+def whitened_change(whitener: Whitener, states: Any, pairs: Any) -> Any:
+    """Return the mean of log(1 + Mahalanobis length) of the twin differences [batch, d].
+
+    ``pairs`` [k, 2] are batch indices of a planted row and its recoloured twin. The metric is
+    the running covariance of the pairs' colour-averaged states (this batch folded in first):
+    the spread the colour would have to stand out against. 0 before the whitener is ready.
+    """
+    import torch
+
+    if pairs.numel() == 0:
+        return states.sum() * 0.0
+    a, b = states[pairs[:, 0]], states[pairs[:, 1]]
+    whitener.update((a + b) / 2)
+    if not whitener.ready:
+        return states.sum() * 0.0
+    delta = a - b
+    squared = torch.einsum("kd,de,ke->k", delta, whitener.precision.to(delta.dtype), delta)
+    # log1p of the length, not its square: its gradient neither fades as the difference shrinks
+    # nor grows without bound when one direction of the covariance is badly estimated.
+    return torch.log1p(torch.sqrt(squared + 1e-12)).mean()
