@@ -148,69 +148,56 @@ def invariance_loss(features: Any, pairs: Any, positions: Any) -> Any:
 
 
 class Whitener:
-    """Running mean and covariance of one site's states: the metric a standardised probe sees.
+    """The within-colour covariance of one site's states: the metric a linear probe sees.
 
     A linear probe reads a class difference against the spread of the states in the same
     direction, so a change that is tiny in absolute terms is still read where the states hardly
-    vary. :func:`whitened_change` measures twin differences in this metric. The covariance is an
-    exponential moving average (never differentiated) of each batch's states centred on that
-    batch's own mean: centred on a running mean it also holds how far the model moved between
-    steps, and that drift (far larger than the spread of a fixed model's states) hid a colour
-    a fresh probe still read at 0.98. ``shrink`` adds that fraction of the mean variance to
-    every direction; until ``warmup`` rows have been seen the statistics are too rough to use.
-    With a few planted pairs per step, ``momentum`` must keep several times ``d_model`` rows in
-    the average: at 0.98 (about 125 rows for 128 dimensions) the covariance was rank-deficient
-    and the loss spiked a hundredfold.
+    vary. :func:`whitened_change` measures twin differences in this metric. :meth:`fit` sets it
+    from the current model's states of a fixed bank of planted rows (the training loop refits
+    it every few dozen steps). Running averages over training batches failed twice: centred on
+    a running mean they held the model's drift between steps (far larger than a fixed model's
+    spread) and hid a colour a fresh probe read at 0.98; centred per batch, a few pairs a step
+    left them rank-deficient or stale. ``shrink`` adds that fraction of the mean variance to
+    every direction.
     """
 
-    def __init__(self, d_model: int, momentum: float = 0.995, shrink: float = 1e-3) -> None:
-        import torch
-
-        self.momentum = momentum
+    def __init__(self, shrink: float = 1e-3) -> None:
         self.shrink = shrink
-        self.warmup = 2 * d_model
-        self.rows = 0
-        self.cov = torch.zeros(d_model, d_model, dtype=torch.float64)
         self.precision: Any = None
 
-    def update(self, states: Any) -> None:
-        """Fold a batch of states [k, d] into the running statistics."""
+    def fit(self, states: Any, labels: Any) -> None:
+        """Set the metric from states [n, d] and their colour classes [n] (not differentiated)."""
         import torch
 
         h = states.detach().double()
-        if h.shape[0] < 2:
-            return  # one row has no spread of its own
-        first = self.rows == 0
-        self.rows += h.shape[0]
-        m = 0.0 if first else self.momentum
-        centred = h - h.mean(0)
-        self.cov = m * self.cov + (1 - m) * centred.T @ centred / (h.shape[0] - 1)
-        d = self.cov.shape[0]
-        ridge = self.shrink * torch.trace(self.cov) / d + 1e-12
-        self.precision = torch.linalg.inv(self.cov + ridge * torch.eye(d, dtype=torch.float64))
+        centred = torch.empty_like(h)
+        for c in labels.unique().tolist():
+            rows = labels == c
+            centred[rows] = h[rows] - h[rows].mean(0)
+        classes = int(labels.unique().numel())
+        cov = centred.T @ centred / max(1, h.shape[0] - classes)
+        d = cov.shape[0]
+        ridge = self.shrink * torch.trace(cov) / d + 1e-30
+        self.precision = torch.linalg.inv(cov + ridge * torch.eye(d, dtype=torch.float64))
 
     @property
     def ready(self) -> bool:
-        return self.rows >= self.warmup
+        return self.precision is not None
 
 
 def whitened_change(whitener: Whitener, states: Any, pairs: Any) -> Any:
     """Return the mean of log(1 + Mahalanobis length) of the twin differences [batch, d].
 
-    ``pairs`` [k, 2] are batch indices of a planted row and its recoloured twin. The metric is
-    the running covariance of the pairs' colour-averaged states (this batch folded in first):
-    the spread the colour would have to stand out against. 0 before the whitener is ready.
+    ``pairs`` [k, 2] are batch indices of a planted row and its recoloured twin; the metric is
+    the whitener's. 0 before the whitener is fitted.
     """
     import torch
 
-    if pairs.numel() == 0:
+    if pairs.numel() == 0 or not whitener.ready:
         return states.sum() * 0.0
     a, b = states[pairs[:, 0]], states[pairs[:, 1]]
-    whitener.update((a + b) / 2)
-    if not whitener.ready:
-        return states.sum() * 0.0
     delta = a - b
     squared = torch.einsum("kd,de,ke->k", delta, whitener.precision.to(delta.dtype), delta)
     # log1p of the length, not its square: its gradient neither fades as the difference shrinks
-    # nor grows without bound when one direction of the covariance is badly estimated.
+    # nor grows without bound when one direction of the metric is extreme.
     return torch.log1p(torch.sqrt(squared + 1e-12)).mean()

@@ -113,6 +113,10 @@ class TrainConfig:
     # answer position (the read-out at readout_layer stayed at chance for 800 steps).
     plant_start: int = 0
     plant_ramp: int = 0
+    # The erasure metric is refitted every erase_refresh steps on the current model's states of
+    # erase_bank planted rows per group (and their twins), from plant_start on.
+    erase_bank: int = 192
+    erase_refresh: int = 50
 
     def __post_init__(self) -> None:
         layers = self.arch.layers
@@ -138,6 +142,8 @@ class TrainConfig:
             ("erase_weight", self.erase_weight >= 0),
             ("plant_start", self.plant_start >= 0),
             ("plant_ramp", self.plant_ramp >= 0),
+            ("erase_bank", self.erase_bank >= 8),
+            ("erase_refresh", self.erase_refresh >= 1),
         ]
         for name, ok in checks:
             if not ok:
@@ -268,7 +274,7 @@ def _heads(model: Any, cfg: TrainConfig, opt: Any) -> Heads:
     if cfg.erase_weight > 0:
         for group, layers in erased_layers(cfg).items():
             for layer in layers:
-                heads.erasers[(group, layer)] = Whitener(d)
+                heads.erasers[(group, layer)] = Whitener()
     return heads
 
 
@@ -322,14 +328,16 @@ class Batch:
     inputs: dict[str, Any]
 
 
-def _batch(data: TrainingSet, idx: list[int], processor: Any, image_size: int) -> Batch:
-    """Return the model inputs of the sampled rows ``idx`` and their twins."""
+def _batch(
+    data: TrainingSet, idx: list[int], processor: Any, image_size: int, twins: bool = True
+) -> Batch:
+    """Return the model inputs of the sampled rows ``idx`` and (``twins``) their twins."""
     import torch
 
     tokenizer = processor.tokenizer
     improc = processor.image_processor
     image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    rows = idx + [data.twins[i] for i in idx if data.twins and data.twins[i] >= 0]
+    rows = idx + [data.twins[i] for i in idx if twins and data.twins and data.twins[i] >= 0]
     inputs = collate([data.input_ids[i] for i in rows], tokenizer.pad_token_id, image_id)
     inputs["pixel_values"] = patchify(data.images[rows], improc.image_mean, improc.image_std)
     grid = image_size // 14
@@ -473,6 +481,44 @@ class _Log:
 _TERM_NAMES = {"scene": "scene-loss", "binding": "binding-loss"}
 
 
+def erase_bank(data: TrainingSet, cfg: TrainConfig) -> dict[str, list[int]]:
+    """Return group -> the rows whose states fit the erasure metric (originals, then twins)."""
+    bank: dict[str, list[int]] = {}
+    for group in erased_layers(cfg):
+        rows = [i for i in range(data.n_rows) if data.planted[i] == group and data.twins[i] >= 0][
+            : cfg.erase_bank
+        ]
+        bank[group] = rows + [data.twins[i] for i in rows]
+    return bank
+
+
+def refit_erasers(
+    model: Any,
+    processor: Any,
+    data: TrainingSet,
+    cfg: TrainConfig,
+    heads: Heads,
+    cache: SiteCache,
+    bank: dict[str, list[int]],
+) -> None:
+    """Refit every eraser's metric on the current model's answer-position states of ``bank``."""
+    import torch
+
+    for group, rows in bank.items():
+        layers = [layer for g, layer in heads.erasers if g == group]
+        states: dict[int, list[Any]] = {layer: [] for layer in layers}
+        for start in range(0, len(rows), 64):
+            part = rows[start : start + 64]
+            inputs = _batch(data, part, processor, cfg.arch.image_size, twins=False).inputs
+            with torch.no_grad():
+                model.model(**inputs, use_cache=False)
+            for layer in layers:
+                states[layer].append(cache[f"resid.{layer}"][:, ANSWER_POSITION].detach())
+        labels = torch.tensor([data.drawn[r] for r in rows], dtype=torch.long)
+        for layer in layers:
+            heads.erasers[(group, layer)].fit(torch.cat(states[layer]), labels)
+
+
 def _loop(
     model: Any,
     processor: Any,
@@ -490,7 +536,10 @@ def _loop(
 
     gen = torch.Generator().manual_seed(cfg.seed)
     record = _Log()
+    bank = erase_bank(data, cfg) if heads.erasers else {}
     for step in range(cfg.steps):
+        if bank and step >= cfg.plant_start and (step - cfg.plant_start) % cfg.erase_refresh == 0:
+            refit_erasers(model, processor, data, cfg, heads, cache, bank)
         idx = torch.randint(data.n_rows, (cfg.batch_size,), generator=gen).tolist()
         batch = _batch(data, idx, processor, cfg.arch.image_size)
         if step == cfg.vision_freeze_steps and step > 0:
