@@ -79,4 +79,9 @@ timeout 240 "$PY" benchmarks/throughput.py --device cuda --ranks "$RANKS" --mode
     --out-json "$OUT/throughput_gpu.json" 2>&1 | tee "$OUT/throughput_gpu.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
 
+# Section 6: probes (issue 11) on the GPU backend; sklearn samples off (they would start CUDA before a fork).
+timeout 300 "$PY" benchmarks/probes.py --layers 4 --backend cuda --sample-linear 0 --sample-mlp 0 \
+    --json "$OUT/probes_gpu.json" 2>&1 | tee "$OUT/probes_gpu.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
+
 exit "$STATUS"
