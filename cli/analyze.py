@@ -185,14 +185,27 @@ def demo_cmd(
     seed: int = typer.Option(20261128, help="Seed of the held-out set (not a training seed)."),
     prior_rate: float = typer.Option(0.6, help="Planted prior rate of the held-out set."),
     model: str = typer.Option("builtin:organism", help="Model to diagnose (a path works too)."),
+    probes: bool = typer.Option(True, "--probes/--no-probes", help="Fit layer-wise probes."),
+    patch_examples: int = typer.Option(
+        48, help="Examples captured with full sequences for layer replacement (0: none)."
+    ),
 ) -> None:
-    """The main job: synthetic benchmark -> capture the built-in organism -> decay -> report.
+    """The main job: synthetic benchmark -> capture the built-in organism -> decay, probes,
+    logit lens, layer replacement -> report.
 
     Example: priorscope demo --out demo_out
     """
     from priorscope.engine.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=out, n=n, seed=seed, prior_rate=prior_rate, model=model)
+    cfg = DemoConfig(
+        out=out,
+        n=n,
+        seed=seed,
+        prior_rate=prior_rate,
+        model=model,
+        probes=probes,
+        patch_examples=patch_examples,
+    )
     res = run_demo(cfg, console=console)
     console.print(decay_table(res.report.decay, title=f"Decay of {cfg.model}"))
     console.print("[bold]What it found[/bold] (check against the planted truth):")

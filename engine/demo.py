@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 from priorscope.engine.analysis.decay import DecayConfig
 from priorscope.engine.conditions import DEFAULT_LADDER
 from priorscope.engine.errors import ConfigMismatchError, UsageError
-from priorscope.engine.store import Store, open_store
+from priorscope.engine.store import Store, find_results, open_store, results_path
 
 VISUAL_TEMPLATES = ("color", "count", "presence")
 ORGANISM = "builtin:organism"
@@ -42,10 +43,19 @@ class DemoConfig:
     n_boot: int = 1000
     model: str = ORGANISM
     layers: str = "all"
+    # The analyses that read hidden states: probes on every example, the logit lens, and layer
+    # replacement on the first ``patch_examples`` (captured with full sequences; 0: none).
+    probes: bool = True
+    patch_examples: int = 48
 
     def __post_init__(self) -> None:
         if not 10 <= self.n <= 100_000:
             raise UsageError(f"Expected n (--n) between 10 and 100000. Got {self.n} instead.")
+        if not 0 <= self.patch_examples <= self.n:
+            raise UsageError(
+                f"Expected patch_examples (--patch-examples) between 0 and n ({self.n}). Got "
+                f"{self.patch_examples} instead."
+            )
         if not 0.0 <= self.prior_rate <= 1.0:
             raise UsageError(
                 f"Expected prior_rate (--prior-rate) in [0, 1]. Got {self.prior_rate} instead."
@@ -130,20 +140,28 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> DemoResult:
         batch_size=config.batch_size,
         device="cpu",
         max_new_tokens=4,
+        full_seq=config.patch_examples,
+        full_seq_layers="all",
         progress=console is not None,
     )
     try:
         capture(capture_cfg)  # an unchanged rerun resumes: committed examples are skipped
     except ConfigMismatchError:
-        # The store is the demo's own, written by an earlier demo with other settings.
+        # The store is the demo's own, written by an earlier demo with other settings; so are
+        # the analyses' results beside it.
         shutil.rmtree(store)
+        for kind in ("probes", "patch", "lens"):
+            shutil.rmtree(results_path(store, kind), ignore_errors=True)
         capture(capture_cfg)
     timings["capture"] = time.perf_counter() - t
 
-    t = time.perf_counter()
     opened = open_store(store)
+    timings.update(_hidden_state_analyses(opened, config))
+
+    t = time.perf_counter()
     truth = planted_truth(opened, config.prior_rate)
-    sentences = truth_sentences(truth)
+    truth["diagnostics"] = diagnostics_truth(opened, config.model)
+    sentences = truth_sentences(truth) + diagnostics_sentences(truth["diagnostics"])
     grounded = export_grounded(opened, out / "grounded_subset.tsv").out
     report = write_report(
         opened,
@@ -159,6 +177,164 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> DemoResult:
     return DemoResult(
         dataset, store, grounded, report, truth, sentences, time.perf_counter() - start, timings
     )
+
+
+def _hidden_state_analyses(store: Store, config: DemoConfig) -> dict[str, float]:
+    """Run probes, the logit lens and layer replacement into their default results paths.
+
+    Returns their timings. Probes resume finished cells; lens and patching are recomputed.
+    """
+    from priorscope.engine.patch import PatchConfig, lens, patch
+    from priorscope.engine.probes import ProbeConfig, fit_probes
+
+    timings = {}
+    if config.probes:
+        t = time.perf_counter()
+        probe_cfg = ProbeConfig(
+            targets=("gold", "prior"),
+            kinds=("logistic",),
+            sites=tuple(s for s in ("last", "text_mean") if s in store.reductions) or None,
+            train=("clean",),
+            test=("all",),
+        )
+        try:
+            fit_probes(store, probe_cfg, results_path(store.path, "probes"))
+        except ConfigMismatchError:
+            shutil.rmtree(results_path(store.path, "probes"))
+            fit_probes(store, probe_cfg, results_path(store.path, "probes"))
+        timings["probes"] = time.perf_counter() - t
+    t = time.perf_counter()
+    lens(store, out=results_path(store.path, "lens"))
+    timings["lens"] = time.perf_counter() - t
+    if config.patch_examples:
+        t = time.perf_counter()
+        out = results_path(store.path, "patch")
+        shutil.rmtree(out, ignore_errors=True)  # exact replay is cheap; never mix two runs
+        patch(store, PatchConfig(examples=config.patch_examples, out=out))
+        timings["patch"] = time.perf_counter() - t
+    return timings
+
+
+def _card(model: str) -> dict[str, Any]:
+    """Return the built-in model's card figures (metrics.json), {} for other models."""
+    if model != ORGANISM:
+        return {}
+    from importlib.resources import files
+
+    path = files("priorscope.engine.models.organism").joinpath("checkpoint", "metrics.json")
+    return json.loads(path.read_text())
+
+
+def _first_layer(acc: Any, layers: list[int], level: float) -> int | None:
+    """Return the first layer whose accuracy reaches ``level`` (None if none does)."""
+    for layer, a in zip(layers, acc, strict=True):
+        if np.isfinite(a) and a >= level:
+            return int(layer)
+    return None
+
+
+def diagnostics_truth(store: Store, model: str) -> dict[str, Any]:
+    """Return what probes and layer replacement measured on the colour items, with the card's.
+
+    Probes (logistic, trained on clean, gold target): held-out accuracy by layer at the last
+    position and the text tokens, clean and total, and the first layer reaching 0.95.
+    Layer replacement (noising total -> clean, state mode): mean normalised effect of each
+    position group at each layer over the patched colour items. The card's figures ride along
+    so a reader compares them directly.
+    """
+    from priorscope.engine.patch.read import read_patch
+    from priorscope.engine.probes.results import ProbeResult
+
+    card = _card(model)
+    out: dict[str, Any] = {}
+    found = {k: v["path"] for k, v in find_results(store.path).items()}
+    ds = None
+    if "probes" in found:
+        ds = ProbeResult(found["probes"]).to_xarray()[["accuracy", "chance"]].load()
+    if ds is not None and "gold" in ds["target"].values:
+        layers = [int(v) for v in ds["layer"].values]
+        cell = ds.sel(target="gold", kind=str(ds["kind"].values[0]), train="clean")
+        sites = {}
+        for red in (str(r) for r in ds["reduction"].values):
+            c = cell.sel(reduction=red)
+            clean = c["accuracy"].sel(test="clean").values
+            total = (
+                c["accuracy"].sel(test="total").values
+                if "total" in c["test"].values
+                else np.full(len(layers), np.nan)
+            )
+            sites[red] = {
+                "layers": layers,
+                "clean": [float(x) for x in clean],
+                "total": [float(x) for x in total],
+                "first_layer_095": _first_layer(clean, layers, 0.95),
+                "chance": float(np.nanmax(c["chance"].values)),
+            }
+        out["probes"] = {"sites": sites, "card": card.get("probe_profile")}
+    result = read_patch(found["patch"]) if "patch" in found else None
+    if result is not None and result.exact:
+        table = store.examples()
+        at = np.searchsorted(table.rows, result.rows)
+        template = np.array([table.metadata[i].get("template", "") for i in at])
+        colour = template == "color"
+        d = result.direction_names.index(f"{result.config.source}->{result.config.target}")
+        m = list(result.modes).index("state") if "state" in result.modes else 0
+        effect = result.exact["effect"][d][colour][..., m]  # [example, layer, group]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(effect, axis=0) if effect.size else None
+        if mean is not None:
+            out["patch"] = {
+                "n": int(colour.sum()),
+                "layers": ["embed" if v == -1 else str(v) for v in result.layers],
+                "effect": {
+                    g: [float(x) for x in mean[:, gi]] for gi, g in enumerate(result.groups)
+                },
+                "card": card.get("layer_profile"),
+            }
+    return out
+
+
+def diagnostics_sentences(diag: dict[str, Any]) -> tuple[str, ...]:
+    """Return sentences that put the probe and patching findings next to the card's."""
+    lines = []
+    probes = diag.get("probes")
+    if probes:
+        card = probes.get("card") or {}
+        parts = []
+        for red, v in probes["sites"].items():
+            first = v["first_layer_095"]
+            best = int(np.nanargmax(v["clean"])) if np.isfinite(v["clean"]).any() else None
+            where = "at no layer" if first is None else f"from layer {first}"
+            planted = card.get(red, {}).get("from_layer")
+            planted_text = "" if planted is None else f" (card: from layer {planted})"
+            total = v["total"][best] if best is not None else float("nan")
+            parts.append(
+                f"at `{red}` the gold answer reaches 95% {where}{planted_text}, and under total "
+                f"obfuscation the same layer's probe reads {_pct(total)} (chance {_pct(v['chance'])})"
+            )
+        lines.append("Probes (logistic, trained on clean): " + "; ".join(parts) + ".")
+    patch = diag.get("patch")
+    if patch and patch["n"]:
+        card = patch.get("card") or {}
+        effects, card_layers = card.get("effect", {}), card.get("layers", [])
+        parts = []
+        for g, values in patch["effect"].items():
+            shown = ", ".join(
+                f"{lay} {x:.2f}"
+                + (
+                    f" (card {effects[g][card_layers.index(lay)]:.2f})"
+                    if g in effects and lay in card_layers
+                    else ""
+                )
+                for lay, x in zip(patch["layers"], values, strict=True)
+            )
+            parts.append(f"{g} tokens: {shown}")
+        lines.append(
+            f"Layer replacement (noising: total-obfuscation states into the clean run, colour "
+            f"items, n={patch['n']}), mean normalised effect by layer; " + "; ".join(parts) + "."
+        )
+    return tuple(lines)
 
 
 def _rate(mask: np.ndarray) -> float | None:

@@ -125,3 +125,29 @@ def test_control_template_stays_answerable_at_every_level(demo) -> None:
     assert clean >= 0.8
     for level in ("blur@0.02", "blur@0.16", "total"):
         assert abs(t["accuracy"][level] - clean) <= _half_width(clean, t["n"]), level
+
+
+@pytest.mark.slow
+def test_demo_shows_probes_lens_and_patching_next_to_the_card(demo) -> None:
+    diag = demo.truth["diagnostics"]
+    # Layer replacement on the colour items: the colour leaves the image tokens inside decoder
+    # layer 0 and ends at the last position (the card's profile; image tokens at the input carry
+    # the whole effect, none at the last layer, where the last token carries it all).
+    patch = diag["patch"]
+    assert patch["n"] >= 5 and patch["card"]["effect"]["image"][0] == 1.0
+    layers, effect = patch["layers"], patch["effect"]
+    assert layers[0] == "embed" and len(layers) == 5
+    assert effect["image"][0] > 0.8 and abs(effect["image"][-1]) < 0.1
+    assert effect["last"][-1] > 0.8 and abs(effect["last"][0]) < 0.1
+    # Probes: the answer reaches the last position where the card says, and the probe trained on
+    # clean reads far less under total obfuscation.
+    last = diag["probes"]["sites"]["last"]
+    assert last["first_layer_095"] == diag["probes"]["card"]["last"]["from_layer"]
+    assert last["total"][-1] < last["clean"][-1] - 0.3
+    text = " ".join(demo.sentences)
+    assert "Probes (logistic, trained on clean)" in text and "(card 1.00)" in text
+    html = demo.report.html.read_text()
+    assert "Not computed" not in html and "Present but not drawn" not in html
+    for section in ("Probes:", "Layer replacement:", "Logit lens:"):
+        assert f"<h2>{section}" in html
+    assert set(demo.timings) >= {"capture", "probes", "lens", "patch", "analyse"}

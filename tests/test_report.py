@@ -163,4 +163,8 @@ def test_later_analyses_are_found_beside_the_store(report, tmp_path) -> None:
     assert present == {
         "Probes: where is the answer decodable?": True,
         "Layer replacement: where is the visual evidence lost?": False,
+        "Logit lens: where does the answer take the lead?": False,
     }
+    # Found, but written by another group: said, not drawn, and the report still renders.
+    html = again.html.read_text()
+    assert "Present but not drawn" in html and "priorscope probe STORE" in html

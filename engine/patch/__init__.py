@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from priorscope.engine.patch.config import PatchConfig
 from priorscope.engine.patch.lens import LensResult, logit_lens
+from priorscope.engine.patch.read import read_lens, read_patch
 from priorscope.engine.patch.replay import PositionGroup
 from priorscope.engine.patch.run import PatchResult, lens, patch
 
@@ -20,4 +21,6 @@ __all__ = [
     "lens",
     "logit_lens",
     "patch",
+    "read_lens",
+    "read_patch",
 ]

@@ -2,6 +2,9 @@
 
 ``write_report(store, out)`` writes ``out`` (e.g. ``report.html``) and, beside it,
 ``<stem>_accuracy.png``, ``<stem>_invariance.png``, ``<stem>_flips.png`` and ``<stem>.json``.
+When probes, patching or logit-lens results sit beside the store (their default paths), their
+sections are drawn too (``<stem>_probes.png``, ``<stem>_patch_<template>.png``,
+``<stem>_lens.png``); otherwise each says "Not computed" and the command that computes it.
 """
 
 from __future__ import annotations
@@ -18,15 +21,10 @@ from priorscope.engine.analysis.decay_result import DecayResult, GroupResult
 from priorscope.engine.analysis.export import dataset_path
 from priorscope.engine.errors import UsageError
 from priorscope.engine.report import html as H
+from priorscope.engine.report.later import LATER_ANALYSES, LaterSection, later_sections
 from priorscope.engine.report.plots import curve_png, flip_png
 from priorscope.engine.report.strips import build_strips, pick_rows
 from priorscope.engine.store import ExampleTable, Store, find_results, open_store
-
-# The report's section on each later analysis, by the kind of results store it writes.
-LATER_ANALYSES = {
-    "probes": "Probes: where is the answer decodable?",
-    "patch": "Layer replacement: where is the visual evidence lost?",
-}
 
 
 @dataclass(frozen=True)
@@ -135,16 +133,23 @@ def write_report(
         png_paths.append(p)
     b64 = {k: base64.b64encode(v).decode("ascii") for k, v in pngs.items()}
 
+    later = later_sections(snap, tables)
+    for section in later:
+        for name, data in section.pngs.items():
+            p = out.with_name(f"{out.stem}_{name}")
+            p.write_bytes(data)
+            png_paths.append(p)
     total_name = None if result.levels.total is None else result.levels.names[result.levels.total]
     findings = (*config.findings, *(finding(g, total_name) for g in result.groups))
-    present = later_analyses_present(snap)
-    html = _render(result, tables, snap.attrs, config, b64, items, note, findings, present)
+    present = {s.title: s.present for s in later}
+    html = _render(result, tables, snap.attrs, config, b64, items, note, findings, later)
     out.write_text(html, encoding="utf-8")
     doc = {
         "decay": result.to_json(),
         "provenance": H.json_safe(snap.attrs),
         "findings": list(findings),
         "later_analyses": present,
+        "later": {s.kind: H.json_safe(s.summary) for s in later if s.present},
         "strips": [H.json_safe({k: getattr(it, k) for k in STRIP_FIELDS}) for it in items],
         "files": {"html": out.name, "png": [p.name for p in png_paths]},
     }
@@ -165,7 +170,7 @@ def _render(
     items: list,
     note: str,
     findings: tuple[str, ...],
-    present: dict[str, bool],
+    later: list[LaterSection],
 ) -> str:
     """Return the report's HTML."""
     lv = result.levels
@@ -197,4 +202,5 @@ def _render(
         ("Example items at every level", strips),
         ("Provenance", H.provenance(attrs, extra)),
     ]
-    return H.page(config.title, sections).replace("</body>", H.later_analyses(present) + "</body>")
+    sections[-1:-1] = [(s.title, s.html) for s in later]
+    return H.page(config.title, sections)

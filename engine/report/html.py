@@ -161,21 +161,6 @@ def strip_html(items: list[StripItem], names: tuple[str, ...]) -> str:
     return "".join(out)
 
 
-def later_analyses(present: dict[str, bool]) -> str:
-    """Return one section per later analysis, saying 'not computed' until the store has it."""
-    out = []
-    for title, ok in present.items():
-        body = (
-            "<p>Present in the store; this version of the report lists it but does not "
-            "draw it yet.</p>"
-            if ok
-            else "<p class=notcomputed><b>Not computed.</b> The store holds no results of this "
-            "analysis yet.</p>"
-        )
-        out.append(f"<h2>{escape(title)}</h2>{body}")
-    return "".join(out)
-
-
 def figure(png_b64: str, caption: str) -> str:
     """Return an embedded PNG figure with its caption."""
     return (
