@@ -88,12 +88,7 @@ def _trained_size(model: str, default: int) -> int:
     The organism was trained at one image size; synthetic images of that size keep the demo
     on the distribution it knows, and processors of other models resize anyway.
     """
-    if model == ORGANISM:
-        from importlib.resources import files
-
-        folder = Path(str(files("priorscope.engine.models.organism").joinpath("checkpoint")))
-    else:
-        folder = Path(model)
+    folder = _folder(model)
     for name in ("processor_config.json", "preprocessor_config.json"):
         try:
             doc = json.loads((folder / name).read_text())
@@ -215,14 +210,21 @@ def _hidden_state_analyses(store: Store, config: DemoConfig) -> dict[str, float]
     return timings
 
 
-def _card(model: str) -> dict[str, Any]:
-    """Return the built-in model's card figures (metrics.json), {} for other models."""
-    if model != ORGANISM:
-        return {}
-    from importlib.resources import files
+def _folder(model: str) -> Path:
+    """Return the checkpoint folder of a built-in name (``builtin:NAME``) or a path."""
+    from priorscope.engine.models.registry import BUILTIN_PREFIX, BUILTINS
 
-    path = files("priorscope.engine.models.organism").joinpath("checkpoint", "metrics.json")
-    return json.loads(path.read_text())
+    if model.startswith(BUILTIN_PREFIX) and model[len(BUILTIN_PREFIX) :] in BUILTINS:
+        return BUILTINS[model[len(BUILTIN_PREFIX) :]]
+    return Path(model)
+
+
+def _card(model: str) -> dict[str, Any]:
+    """Return the model card's figures (``metrics.json`` beside the weights), else {}."""
+    try:
+        return json.loads((_folder(model) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _first_layer(acc: Any, layers: list[int], level: float) -> int | None:
