@@ -36,9 +36,7 @@ def analysed(tmp_path_factory: pytest.TempPathFactory):
     lensed = lens(store, out=results_path(store, "lens"))
     probes = fit_probes(
         store,
-        ProbeConfig(
-            targets=("gold",), kinds=("logistic",), sites=("last",), folds=2, min_class=2
-        ),
+        ProbeConfig(targets=("gold",), kinds=("logistic",), sites=("last",), folds=2, min_class=2),
         results_path(store, "probes"),
     )
     return store, patched, lensed, probes
