@@ -62,6 +62,12 @@ def _capture(
     duplicate_ids: str = DUPLICATE_IDS,
     missing_image: str = MISSING_IMAGE,
     metric: str = METRIC,
+    on_bad: str = typer.Option(
+        "error",
+        "--on-bad",
+        help="error: stop at the first bad row or image; skip: leave it out (load time) or "
+        "record it as skipped in the store (decode time) and go on.",
+    ),
 ) -> None:
     """Run the model on every example and condition and stream states and answers into a store.
 
@@ -92,12 +98,28 @@ def _capture(
         shard_examples=shard_examples,
         progress=progress,
         grad=grad,
-        data_options=data_options(answer_is_index, yes_no_01, duplicate_ids, missing_image, metric),
+        data_options=data_options(
+            answer_is_index, yes_no_01, duplicate_ids, missing_image, metric, on_bad
+        ),
     )
     path = capture(cfg)
     report = verify(path)
     state = "complete" if report.ok else f"{report.n_committed}/{report.n_examples} committed"
     console.print(f"Store {path}: {state}.")
+    _print_skipped(report.skipped)
+
+
+def _print_skipped(lines: list[str], limit: int = 10) -> None:
+    """Name the examples capture skipped (count, then 'row id: reason' for the first few)."""
+    if not lines:
+        return
+    console.print(
+        f"[yellow]Skipped examples: {len(lines)}[/yellow] (--on-bad skip; analyses leave them "
+        "out; 'priorscope store info --json' lists them all):",
+        highlight=False,
+    )
+    for line in lines[:limit]:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
 def data_options(
@@ -106,6 +128,7 @@ def data_options(
     duplicate_ids: str,
     missing_image: str,
     metric: str,
+    on_bad: str = "error",
 ) -> dict[str, object]:
     """Return the data-loading flags that differ from their defaults (as ``data check`` takes them).
 
@@ -117,8 +140,14 @@ def data_options(
         "duplicate_ids": duplicate_ids,
         "missing_image": missing_image,
         "metric": metric,
+        "on_bad": on_bad,
     }
-    defaults = {"duplicate_ids": "auto", "missing_image": "auto", "metric": "auto"}
+    defaults = {
+        "duplicate_ids": "auto",
+        "missing_image": "auto",
+        "metric": "auto",
+        "on_bad": "error",
+    }
     return {k: v for k, v in given.items() if v is not None and v != defaults.get(k)}
 
 
@@ -148,6 +177,7 @@ def _info(
             f"{summary['dataset'].get('files')} ({summary['dataset'].get('count')} examples)",
         ),
         ("committed", f"{summary['committed']} / {summary['examples']}"),
+        ("skipped", f"{summary['skipped']} (--on-bad skip: committed without values)"),
         ("conditions", ", ".join(summary["conditions"])),
         ("layers", ", ".join(str(v) for v in summary["layers"])),
         ("reductions", ", ".join(summary["reductions"])),
@@ -202,7 +232,9 @@ def _verify(
             + "; ".join(report.problems)
             + "."
         )
-    console.print(f"Store {store} is complete: {report.n_committed} examples committed.")
+    skipped = f", {len(report.skipped)} of them skipped" if report.skipped else ""
+    console.print(f"Store {store} is complete: {report.n_committed} examples committed{skipped}.")
+    _print_skipped(report.skipped)
 
 
 def register(app: typer.Typer) -> None:

@@ -50,6 +50,13 @@ class ConfigMismatchError(StoreError):
     """Resuming into a store whose recorded configuration differs from the requested one."""
 
 
+class CaptureInterrupted(PriorscopeError):
+    """A capture stopped by Ctrl-C (exit code 130, as a shell reports SIGINT); committed
+    shards are kept and the same command resumes it."""
+
+    exit_code = 130
+
+
 def did_you_mean(name: str, known: list[str] | tuple[str, ...], what: str) -> UnknownNameError:
     """Return an UnknownNameError naming the closest known names and listing all of them."""
     import difflib

@@ -43,6 +43,8 @@ def test_layout_loads_and_scores_as_documented(tmp_path, layout: Layout):
     assert len(examples) == layout.n
     assert [e.answers for e in examples[: len(layout.golds)]] == list(layout.golds)
     assert _scoring_kind(examples[0]) == layout.scoring
+    # The rule capture records per example (examples/metric) is the one the test derives.
+    assert [scoring.rule(e) for e in examples] == [_scoring_kind(e) for e in examples]
     assert sum(not e.has_image for e in examples) == layout.text_only
     assert sum(len(e.images) > 1 for e in examples) == layout.multi_image
     assert result.n_derived_ids == layout.derived_ids

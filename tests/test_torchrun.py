@@ -117,6 +117,10 @@ def test_torchrun_two_ranks_equal_one_process_bitwise(setup) -> None:
     assert log.startswith("rc=0"), log
     # Both ranks ran: each printed the store state when its own shards were done.
     assert log.count(f"Store {out}") == 2, log
+    # ... and each said on stderr what it owns and what it did, prefixed with its rank.
+    for rank in (0, 1):
+        assert f"[rank {rank}/2] owns 2 of 4 shards" in log, log
+        assert f"[rank {rank}/2] done: wrote 2 shards (4 examples)" in log, log
     assert verify(out, deep=True).ok
     assert_bitwise_equal(setup.ref, out)
 

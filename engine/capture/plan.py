@@ -86,7 +86,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def example_table(examples: Sequence[Example], order: Sequence[int]) -> dict[str, list[Any]]:
-    """Return the ``examples/*`` columns in store order."""
+    """Return the ``examples/*`` columns in store order (``metric``: ``scoring.rule``)."""
+    from priorscope.engine.data import scoring
+
     rows = [examples[i] for i in order]
     return {
         "id": [ex.id for ex in rows],
@@ -99,6 +101,9 @@ def example_table(examples: Sequence[Example], order: Sequence[int]) -> dict[str
         "source_row": [
             ex.source.row if ex.source is not None else i for ex, i in zip(rows, order, strict=True)
         ],
+        "metric": [scoring.rule(ex) for ex in rows],
+        "n_images": [len(ex.images) for ex in rows],
+        "has_image": [ex.has_image for ex in rows],
     }
 
 

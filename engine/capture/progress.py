@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from types import TracebackType
 
@@ -61,3 +62,33 @@ class CaptureProgress:
             f"{r['mb_per_s']:.1f} MB/s"
         )
         self._progress.update(self._task, advance=examples, rates=text)
+
+
+class RankLog:
+    """One line per step of a sharded capture on stderr, prefixed with the rank.
+
+    Ranks of a torchrun (or ``--shard i/n``) capture run side by side: each says what it owns,
+    what it waits for and what it did, so a silent rank is a stuck rank. A single-process
+    capture (world 1) stays quiet; its progress bar says enough.
+    """
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.prefix = f"[rank {rank}/{world}]"
+        self.enabled = world > 1
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            print(f"{self.prefix} {text}", file=sys.stderr, flush=True)
+
+
+def describe_runs(indices: list[int]) -> str:
+    """Return ascending ints as compact ranges ('0-3, 8, 12-15'); at most 8 runs shown."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    parts = [f"{a}-{b}" if b > a else f"{a}" for a, b in runs]
+    more = f" and {len(parts) - 8} more ranges" if len(parts) > 8 else ""
+    return ", ".join(parts[:8]) + more

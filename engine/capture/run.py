@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,20 +16,32 @@ from priorscope.engine.capture.config import CaptureConfig, validate
 from priorscope.engine.capture.hooks import Recorder, recording
 from priorscope.engine.capture.images import condition_images
 from priorscope.engine.capture.plan import Plan, batches_of_shard
-from priorscope.engine.capture.progress import CaptureProgress
+from priorscope.engine.capture.progress import CaptureProgress, RankLog, describe_runs
 from priorscope.engine.capture.setup import open_capture_store, prepare
 from priorscope.engine.conditions import Condition
-from priorscope.engine.errors import ModelError
+from priorscope.engine.errors import (
+    CaptureInterrupted,
+    DataError,
+    KernelError,
+    ModelError,
+    PriorscopeError,
+    StoreError,
+)
 from priorscope.engine.models.base import VLMAdapter
 from priorscope.engine.store import commit_mask
+from priorscope.engine.store.backend import exists as store_exists
 from priorscope.engine.store.dtypes import to_storage, torch_dtype
 from priorscope.engine.store.layout import StoreLayout, rank_shards
+from priorscope.engine.store.skips import create_skip_array, has_skip_marks, write_skip_marks
 from priorscope.engine.store.writer import (
     BatchRows,
     FullSeqRows,
     ShardWriter,
     create_grad_arrays,
 )
+
+if TYPE_CHECKING:
+    import zarr
 
 
 @dataclass
@@ -43,29 +58,124 @@ class _Job:
     fullseq: set[int] = field(default_factory=set)
     tokens: int = 0
     grad: bool = False
+    on_bad: str = "error"  # 'skip': examples whose inputs fail are committed as skipped
+    skip_marks: bool = False  # the store has commit/skipped: write each shard's marks
+    skipped: int = 0
+    tried: int = 0  # examples run so far (skipped ones included)
 
 
 def capture(cfg: CaptureConfig, *, adapter: VLMAdapter | None = None) -> str:
     """Return the store path after capturing every example this rank owns into ``cfg.out``.
 
     Resumes a store written with the same configuration (committed shards are skipped) and
-    refuses one written with another. ``adapter`` reuses an already loaded model.
+    refuses one written with another. ``adapter`` reuses an already loaded model. With
+    ``data_options['on_bad'] == 'skip'`` an example whose image fails to decode or process is
+    committed as skipped (``commit/skipped`` holds why) and the capture goes on.
     """
     cfg = validate(cfg)
-    adapter, plan, prep = prepare(cfg, adapter)
-    group, layout = open_capture_store(cfg, adapter, plan, prep)
+    rank, world = cfg.shard
+    log = RankLog(rank, world)
+    group = None
+    try:
+        adapter, plan, prep = prepare(cfg, adapter)
+        if rank != 0 and not store_exists(cfg.out):
+            cfg = _wait_for_rank0(cfg, log)
+        group, layout = open_capture_store(cfg, adapter, plan, prep)
+        _run_shards(cfg, adapter, plan, group, layout, log)
+    except KeyboardInterrupt:
+        raise _interrupted(cfg, group) from None
+    except (PriorscopeError, OSError) as exc:
+        disk = _disk_error(exc)
+        if disk is None:
+            raise
+        raise _disk_full(cfg, group, disk) from exc
+    return cfg.out  # a local folder or a URL (Path would turn s3:// into s3:/)
+
+
+def _wait_for_rank0(cfg: CaptureConfig, log: RankLog, note_every_s: float = 30.0) -> CaptureConfig:
+    """Wait for rank 0 to create the store, saying so now and every ``note_every_s``.
+
+    Return ``cfg`` with the time left to wait (the store's own wait raises once it is over).
+    """
+    limit = cfg.wait_for_store_s
+    log.say(
+        f"waiting up to {limit:.0f} s for rank 0 to create the store {cfg.out} (rank 0 "
+        "creates it once its model and data are loaded; start it with --shard 0/N or torchrun)"
+    )
+    t0 = time.monotonic()
+    note = t0 + note_every_s
+    while not store_exists(cfg.out) and time.monotonic() - t0 < limit:
+        if time.monotonic() >= note:
+            log.say(
+                f"still waiting for rank 0 to create {cfg.out} ({note - t0:.0f} s of {limit:.0f} s)"
+            )
+            note += note_every_s
+        time.sleep(0.2)
+    if store_exists(cfg.out):
+        log.say(f"the store {cfg.out} exists now; opening it")
+    return dataclasses.replace(cfg, wait_for_store_s=max(limit - (time.monotonic() - t0), 0.0))
+
+
+def _run_shards(
+    cfg: CaptureConfig,
+    adapter: VLMAdapter,
+    plan: Plan,
+    group: zarr.Group,
+    layout: StoreLayout,
+    log: RankLog,
+) -> None:
+    """Capture this rank's uncommitted shards of an open store (the model loop)."""
     rank, world = cfg.shard
     done = commit_mask(group)
-    todo = [
-        s
-        for s in rank_shards(layout.n_shards, rank, world)
-        if not done[slice(*layout.shard_range(s))].all()
-    ]
-    job = _Job(
+    owned = rank_shards(layout.n_shards, rank, world)
+    todo = [s for s in owned if not done[slice(*layout.shard_range(s))].all()]
+    job = _job(cfg, adapter, plan, group, layout)
+    _say_owned(log, layout, owned, todo)
+    n_todo = sum(layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in todo)
+    writer = ShardWriter(group, layout, todo, max_pending=cfg.max_pending)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    with CaptureProgress(n_todo, enabled=cfg.progress) as progress, recording(job.recorder):
+        try:
+            for shard in todo:
+                start, stop = layout.shard_range(shard)
+                reasons = [""] * (stop - start)  # why each example of the shard was skipped
+                batches = batches_of_shard(plan.order, plan.examples, start, stop, cfg.batch_size)
+                for i, batch in enumerate(batches):
+                    parts = _batch_rows(job, batch, reasons, start)
+                    if i == len(batches) - 1 and job.skip_marks:
+                        # Before the shard's last rows reach the writer, hence before its commit.
+                        write_skip_marks(group, start, reasons)
+                    for rows in parts:
+                        writer.put(rows)
+                    progress.advance(len(batch), job.tokens, writer.bytes_written)
+        except BaseException:
+            writer.abort()  # keep the original error; finished shards stay committed
+            raise
+        writer.close()
+        progress.advance(0, job.tokens, writer.bytes_written)
+    skipped = f", {job.skipped} skipped (--on-bad skip)" if job.skipped else ""
+    if todo:
+        log.say(
+            f"done: wrote {len(todo)} shards ({n_todo} examples{skipped}) in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
+
+
+def _job(
+    cfg: CaptureConfig, adapter: VLMAdapter, plan: Plan, group: zarr.Group, layout: StoreLayout
+) -> _Job:
+    """Return the fixed state of the model loop (creates the optional arrays it writes)."""
+    on_bad = str(cfg.data_options.get("on_bad", "error"))
+    if cfg.grad:
+        create_grad_arrays(group, layout)
+    if on_bad == "skip":
+        create_skip_array(group, layout.n_examples, layout.shard_examples)
+    return _Job(
         adapter=adapter,
         plan=plan,
         layout=layout,
-        conditions=[Condition.from_json(c) for c in group.attrs["conditions"]],
+        conditions=[Condition.from_json(c) for c in _attr_list(group, "conditions")],
         cand_ids=torch.tensor(
             adapter.candidate_token_ids(layout.candidates) if layout.candidates else [0],
             device=adapter.device,
@@ -74,27 +184,178 @@ def capture(cfg: CaptureConfig, *, adapter: VLMAdapter | None = None) -> str:
         recorder=Recorder(adapter, layout.layers, layout.reductions, layout.fullseq.layers),
         fullseq=set(layout.fullseq.examples),
         grad=cfg.grad,
+        on_bad=on_bad,
+        # Marks are written whenever the store has the array (whatever this run's policy),
+        # so a shard's marks never depend on which run computed it.
+        skip_marks=has_skip_marks(group),
     )
-    if cfg.grad:
-        create_grad_arrays(group, layout)
-    n_todo = sum(layout.shard_range(s)[1] - layout.shard_range(s)[0] for s in todo)
-    writer = ShardWriter(group, layout, todo, max_pending=cfg.max_pending)
-    torch.manual_seed(0)
-    with CaptureProgress(n_todo, enabled=cfg.progress) as progress, recording(job.recorder):
-        try:
-            for shard in todo:
-                start, stop = layout.shard_range(shard)
-                for batch in batches_of_shard(
-                    plan.order, plan.examples, start, stop, cfg.batch_size
-                ):
-                    writer.put(run_batch(job, batch))
-                    progress.advance(len(batch), job.tokens, writer.bytes_written)
-        except BaseException:
-            writer.abort()  # keep the original error; finished shards stay committed
+
+
+def _attr_list(group: zarr.Group, name: str) -> list[Any]:
+    value: Any = group.attrs[name]
+    return list(value)
+
+
+def _say_owned(log: RankLog, layout: StoreLayout, owned: list[int], todo: list[int]) -> None:
+    """Tell what this rank owns and what it will do (sharded captures only)."""
+    if not owned:
+        log.say(
+            f"owns no shard: the store has {layout.n_shards} shard(s) of "
+            f"{layout.shard_examples} examples and there are more ranks; nothing to do "
+            "(a smaller --shard-examples gives every rank work)"
+        )
+        return
+    rows = [i for s in owned for i in range(*layout.shard_range(s))]
+    log.say(
+        f"owns {len(owned)} of {layout.n_shards} shards ({describe_runs(owned)}): {len(rows)} "
+        f"examples, store rows {describe_runs(rows)}; {len(owned) - len(todo)} already "
+        f"committed, capturing {len(todo)}"
+    )
+
+
+# What an example's own inputs can raise while its images are decoded, blurred or encoded by
+# the processor (a truncated PNG, a degenerate size); anything else is not the example's fault.
+INPUT_ERRORS = (DataError, KernelError, ValueError)
+ALL_BAD_LIMIT = 16  # this many examples skipped and none captured: not the data's fault
+
+
+def _batch_rows(job: _Job, batch: list[int], reasons: list[str], start: int) -> list[BatchRows]:
+    """Return the rows of ``batch``: one BatchRows, or the usable and the skipped ones.
+
+    When the batch fails on its inputs, each example is tried alone to find the culprits.
+    Under ``on_bad == 'error'`` the first is named in a DataError that says how to go on;
+    under ``'skip'`` the others are captured without them and ``reasons`` says why.
+    """
+    job.tried += len(batch)
+    try:
+        return [run_batch(job, batch)]
+    except INPUT_ERRORS as exc:
+        bad = _bad_examples(job, batch)
+        if not bad:
             raise
-        writer.close()
-        progress.advance(0, job.tokens, writer.bytes_written)
-    return cfg.out  # a local folder or a URL (Path would turn s3:// into s3:/)
+        if job.on_bad != "skip":
+            idx, why = next(iter(bad.items()))
+            ex = job.plan.example_at(idx)
+            raise DataError(
+                f"Expected every example's image to decode and process. Got example {ex.id!r} "
+                f"(store row {idx}, data row {_data_row(ex, job.plan.order[idx])}): {why} "
+                "The capture stopped there; shards committed so far are kept. Pass --on-bad "
+                "skip to record such examples as skipped and go on: re-run the same command "
+                "with --on-bad skip added."
+            ) from exc
+        for idx, why in bad.items():
+            reasons[idx - start] = why
+        job.skipped += len(bad)
+        if job.skipped == job.tried >= ALL_BAD_LIMIT:
+            raise DataError(
+                f"Expected most examples to capture. Got all of the first {job.tried} skipped "
+                f"(the last: {why}). That points at the model or the options rather than the "
+                "data (a processor that refuses these image sizes?); stopping instead of "
+                "skipping everything. Check one example with 'priorscope data check'."
+            ) from exc
+        good = [i for i in batch if i not in bad]
+        parts = [_void_rows(job, sorted(bad))]
+        return [run_batch(job, good), *parts] if good else parts
+
+
+def _data_row(ex: Any, dataset_index: int) -> int:
+    return ex.source.row if getattr(ex, "source", None) is not None else dataset_index
+
+
+def _bad_examples(job: _Job, batch: list[int]) -> dict[int, str]:
+    """Return {store index: reason} of the examples that fail alone (in batch order)."""
+    bad = {}
+    for idx in batch:
+        try:
+            run_batch(job, [idx])
+        except INPUT_ERRORS as exc:
+            bad[idx] = f"{type(exc).__name__}: {exc}"
+    return bad
+
+
+def _void_rows(job: _Job, indices: list[int]) -> BatchRows:
+    """Return the rows of skipped examples: no values (NaN, "", -1), so the shard completes."""
+    lay, b = job.layout, len(indices)
+    c, k = len(lay.conditions), max(len(lay.candidates), 1)
+    nan = float("nan")
+    hidden = torch.full((b, *lay.hidden_shape()[1:]), nan, dtype=torch_dtype(lay.hidden_dtype))
+    rows = BatchRows(
+        indices=np.asarray(indices, dtype=np.int64),
+        raw=np.full((b, c), "", dtype=object),
+        answer=np.full((b, c), "", dtype=object),
+        extracted=np.zeros((b, c), dtype=bool),
+        score=np.full((b, c), nan, dtype=np.float32),
+        cand_logprob=np.full((b, c, k), nan, dtype=np.float32),
+        hidden=to_storage(hidden),
+    )
+    fs = lay.fullseq
+    grad = job.grad
+    for idx in (i for i in indices if i in job.fullseq):
+        n = fs.lengths[fs.examples.index(idx)]
+        shape = (n, len(fs.conditions), len(fs.layers), lay.d_model)
+        values = torch.full(shape, nan, dtype=torch_dtype(lay.hidden_dtype))
+        rows.fullseq[idx] = FullSeqRows(
+            values=to_storage(values).copy(),
+            kind=np.zeros(n, dtype=np.int8),
+            input_ids=np.zeros(n, dtype=np.int64),
+            position_ids=np.zeros((fs.rope_rows, n), dtype=np.int64),
+            grad=np.full(shape, nan, dtype=np.float32) if grad else None,
+        )
+    if grad:
+        rows.grad_last = np.full((b, c, len(lay.layers), lay.d_model), nan, dtype=np.float32)
+        rows.grad_targets = np.full((b, 2), -1, dtype=np.int64)
+    return rows
+
+
+def _disk_error(exc: BaseException) -> OSError | None:
+    """Return the full-disk or read-only OSError behind ``exc`` (its cause chain), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _kept(group: zarr.Group | None, cfg: CaptureConfig) -> str:
+    """Return what a stopped capture kept, read from the store's commit log."""
+    if group is None:
+        return f"Nothing was written yet (the store {cfg.out} was not opened)."
+    try:
+        done = commit_mask(group)
+    except PriorscopeError:
+        return f"The store {cfg.out} keeps what was committed before."
+    return (
+        f"Kept: {int(done.sum())} of {done.size} examples committed in {cfg.out} (whole shards, "
+        "each complete and valid); the rest is recomputed on resume."
+    )
+
+
+def _interrupted(cfg: CaptureConfig, group: zarr.Group | None) -> CaptureInterrupted:
+    err = CaptureInterrupted(
+        f"Capture interrupted (Ctrl-C). {_kept(group, cfg)} Resume by running the same "
+        "command again."
+    )
+    err.resumable = True  # the CLI adds the exact command
+    return err
+
+
+def _disk_full(cfg: CaptureConfig, group: zarr.Group | None, exc: OSError) -> StoreError:
+    what = {
+        errno.EROFS: "the file system is read-only",
+        errno.EFBIG: "a file grew past the size limit",
+    }.get(exc.errno or 0, "the disk is full")
+    err = StoreError(
+        f"Expected to write the store {cfg.out}. Got '{exc.strerror}' ([Errno {exc.errno}]"
+        f"{f' on {exc.filename}' if exc.filename else ''}) instead: {what}. {_kept(group, cfg)} "
+        "Free space on that disk (or make it writable), then resume with the same command; or "
+        "pass another --out on a disk with room to start a new capture there."
+    )
+    err.resumable = True
+    return err
 
 
 def run_batch(job: _Job, indices: Sequence[int]) -> BatchRows:

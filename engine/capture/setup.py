@@ -15,6 +15,7 @@ import torch
 
 from priorscope.engine.capture.config import IDENTITY_FIELDS, CaptureConfig
 from priorscope.engine.capture.hooks import Recorder, recording
+from priorscope.engine.capture.images import clean_input
 from priorscope.engine.capture.plan import Plan, example_table, file_sha256, make_plan
 from priorscope.engine.conditions import parse_layers
 from priorscope.engine.errors import ConfigMismatchError, DataError, StoreError, UsageError
@@ -49,6 +50,7 @@ class Prepared:
     layers: list[int]
     fullseq_layers: list[int]
     skipped: int
+    skip_report: str = ""  # the sidecar report of the skipped rows ("" when none)
 
 
 def resolve_device(name: str) -> str:
@@ -82,18 +84,84 @@ def resolve_dtype(name: str, device: str) -> str:
     return parse_hidden_dtype(name)
 
 
-def load_examples(cfg: CaptureConfig) -> tuple[list[Any], int]:
-    """Return (examples, number of skipped rows) of ``cfg.data``, cut to ``cfg.limit``."""
+def load_examples(
+    cfg: CaptureConfig, adapter: VLMAdapter | None = None
+) -> tuple[list[Any], int, str]:
+    """Return (examples, skipped row count, report path) of ``cfg.data``, cut to ``cfg.limit``.
+
+    With ``adapter``, rows with more images than its family takes are refused with a
+    ModelError naming the row and the family, before anything is written; under
+    ``on_bad="skip"`` (a data option) they are skipped instead, counted with the loader's
+    skipped rows and added to its sidecar report.
+    """
     from priorscope.engine.data import load
 
     result = load(cfg.data, **cfg.data_options)
-    examples = list(result.examples)[: cfg.limit] if cfg.limit else list(result.examples)
+    examples: list[Any] = []
+    refused: list[Any] = []
+    for ex in result.examples:
+        if cfg.limit and len(examples) >= cfg.limit:
+            break
+        if adapter is not None and not _fits(adapter, ex):
+            if cfg.data_options.get("on_bad", "error") != "skip":
+                adapter.check_image_count(ex, len(ex.images))  # raises, naming the row
+            refused.append(ex)
+            continue
+        examples.append(ex)
+    if refused:
+        assert adapter is not None
+        result = _report_refused(result, refused, adapter, cfg.data_options.get("report_path"))
     if not examples:
         raise DataError(
             f"Expected at least one usable example in {cfg.data}. Got none "
             f"({len(result.skipped)} rows skipped). Run 'priorscope data check' on the file."
         )
-    return examples, len(result.skipped)
+    report = str(result.report_path) if result.report_path is not None else ""
+    return examples, len(result.skipped), report
+
+
+def _fits(adapter: VLMAdapter, example: Any) -> bool:
+    """Return whether the adapter's family takes as many images as ``example`` has."""
+    most = adapter.max_images
+    return most is None or len(example.images) <= most
+
+
+def _report_refused(result: Any, refused: list[Any], adapter: VLMAdapter, report: Any) -> Any:
+    """Return the load result with the refused rows added to its skipped rows and report."""
+    from priorscope.engine.data.loading import add_skipped
+    from priorscope.engine.data.problems import RowProblem
+
+    problems = [
+        RowProblem(
+            path=ex.source.path if ex.source is not None else str(result.path),
+            row=ex.source.row if ex.source is not None else -1,
+            column="image",
+            reason=(
+                f"Expected at most {adapter.max_images} image(s) per prompt for model family "
+                f"{adapter.family!r}. Got {len(ex.images)} images in example {ex.id!r} "
+                "instead. Capture it with a family that takes several images (qwen2_5_vl, "
+                "qwen2_vl, llava_next)."
+            ),
+        )
+        for ex in refused
+    ]
+    return add_skipped(result, problems, report)
+
+
+def check_text_only(cfg: CaptureConfig, examples: list[Any]) -> None:
+    """Refuse text-only rows when the capture has no 'none' condition to hold their answers.
+
+    A row without an image is captured under ``none`` only (its image conditions are void);
+    without ``none`` it would hold nothing at all.
+    """
+    text_only = [ex.id for ex in examples if not ex.has_image]
+    if text_only and not cfg.none:
+        raise UsageError(
+            f"Expected the 'none' condition when {cfg.data} has rows without an image. Got "
+            f"{len(text_only)} text-only rows (first: {text_only[0]!r}) and no --none. "
+            "Text-only rows are captured under 'none' only: pass --none "
+            "(CaptureConfig(none=True)), or leave those rows out of the file."
+        )
 
 
 def prepare(cfg: CaptureConfig, adapter: VLMAdapter | None) -> tuple[VLMAdapter, Plan, Prepared]:
@@ -103,11 +171,12 @@ def prepare(cfg: CaptureConfig, adapter: VLMAdapter | None) -> tuple[VLMAdapter,
 
         device = resolve_device(cfg.device)
         adapter = load_model(cfg.model, device=device, dtype=resolve_dtype(cfg.dtype, device))
-    examples, skipped = load_examples(cfg)
+    examples, skipped, report = load_examples(cfg, adapter)
+    check_text_only(cfg, examples)
     plan = make_plan(examples, cfg.full_seq)
     layers = parse_layers(cfg.layers, adapter.num_layers)
     fs_layers = parse_layers(cfg.full_seq_layers, adapter.num_layers) if cfg.full_seq else []
-    return adapter, plan, Prepared(adapter, plan, layers, fs_layers, skipped)
+    return adapter, plan, Prepared(adapter, plan, layers, fs_layers, skipped, report)
 
 
 def identity(cfg: CaptureConfig, adapter: VLMAdapter, data_sha: str) -> dict[str, Any]:
@@ -121,6 +190,9 @@ def identity(cfg: CaptureConfig, adapter: VLMAdapter, data_sha: str) -> dict[str
     out["dtype"] = str(adapter.dtype).replace("torch.", "")
     # Spellings differ (bf16, bfloat16, auto); the resolved storage dtype is what matters.
     out["hidden_dtype"] = resolve_hidden_dtype(cfg, adapter)
+    # --on-bad never changes a committed row (a bad example is refused or marked skipped), so
+    # it is no identity: a capture stopped at a bad image goes on with --on-bad skip.
+    out["data_options"] = {k: v for k, v in cfg.data_options.items() if k != "on_bad"}
     return out
 
 
@@ -171,6 +243,9 @@ def open_capture_store(
     recorded: Any = group.attrs.get("config") or {}
     if cfg.shard_examples == 0 and "shard_examples" in recorded:
         wanted["shard_examples"] = recorded["shard_examples"]  # "automatic" accepts any size
+    was = (recorded.get("data_options") or {}).get("on_bad")  # stores that recorded it
+    if was:
+        wanted["data_options"] = {**wanted["data_options"], "on_bad": was}
     check_resume(group, wanted, path)
     check_weights(group, adapter, path)
     return group, layout_from_attrs(dict(group.attrs))
@@ -243,10 +318,11 @@ def _new_layout(cfg: CaptureConfig, adapter: VLMAdapter, plan: Plan, prep: Prepa
         hidden_dtype,
         1,
     )
-    shard = cfg.shard_examples or choose_shard_examples(sized.bytes_per_example(), n)
+    shard = cfg.shard_examples or choose_shard_examples(sized.bytes_per_example(), n, cfg.shard[1])
     fullseq = FullSeqLayout()
     if plan.fullseq_examples and prep.fullseq_layers:
-        lengths, rope_rows = _measure_fullseq(adapter, plan)
+        skip = cfg.data_options.get("on_bad") == "skip"
+        lengths, rope_rows = _measure_fullseq(adapter, plan, skip)
         fullseq = FullSeqLayout(
             examples=tuple(plan.fullseq_examples),
             lengths=tuple(lengths),
@@ -257,14 +333,32 @@ def _new_layout(cfg: CaptureConfig, adapter: VLMAdapter, plan: Plan, prep: Prepa
     return dataclasses.replace(sized, shard_examples=shard, fullseq=fullseq)
 
 
-def _measure_fullseq(adapter: VLMAdapter, plan: Plan) -> tuple[list[int], int]:
-    """Return the unpadded token count of each full-sequence example and the rope row count."""
-    lengths = []
+def _measure_fullseq(adapter: VLMAdapter, plan: Plan, skip: bool = False) -> tuple[list[int], int]:
+    """Return the unpadded token count of each full-sequence example and the rope row count.
+
+    An example whose image fails here fails in capture too: with ``skip`` (--on-bad skip) it
+    gets one placeholder row (capture marks it skipped and nothing reads it), else the error.
+    """
+    lengths, batch = [], None
     for idx in plan.fullseq_examples:
         ex = plan.example_at(idx)
-        image = ex.image if ex.image_bytes is not None else None
-        batch = adapter.encode([ex], [image])
+        try:
+            got = adapter.encode([ex], [clean_input(ex)])
+        except (DataError, ValueError) as exc:
+            if not skip:
+                raise DataError(
+                    f"{exc} Pass --on-bad skip to record such examples as skipped and go on."
+                ) from exc
+            lengths.append(1)
+            continue
+        batch = got
         lengths.append(int(batch["input_ids"].shape[1]))
+    if batch is None:
+        raise DataError(
+            "Expected at least one --full-seq example whose image decodes. Got none. Pass a "
+            "larger --full-seq N, or check the images with 'priorscope data check FILE' (it decodes "
+            "every image)."
+        )
     # One forward tells how many rows of rotary positions the language model uses (3 for M-RoPE).
     recorder = Recorder(adapter, [], ["last"])
     with recording(recorder), torch.no_grad():
@@ -330,6 +424,7 @@ def _attributes(
             "count": len(plan.examples),
             "skipped": prep.skipped,
             "format": getattr(plan.examples[0].source, "format", ""),
+            **({"skip_report": prep.skip_report} if prep.skip_report else {}),
         },
         "seeds": {"torch": 0, "generation": "greedy"},
         "packages": _packages(),

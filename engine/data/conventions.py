@@ -365,9 +365,13 @@ def _check_images(items: list[Example | RowProblem], opts: ReadOptions, notes: l
         notes.append(
             f"{text_only} rows have no image and were loaded as text-only items "
             "(Example.has_image is False): capture asks them without an image (condition "
-            "'none') only."
+            "'none', so pass --none) only."
         )
     multi = sum(len(e.images) > 1 for e in examples)
     if multi:
         most = max(len(e.images) for e in examples)
-        notes.append(f"{multi} rows have several images (up to {most}); each is blurred alike.")
+        notes.append(
+            f"{multi} rows have several images (up to {most}): capture blurs each alike and "
+            "gives the model all of them (families qwen2_5_vl, qwen2_vl, llava_next; llava "
+            "refuses such rows, or skips them with --on-bad skip)."
+        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from priorscope.engine.data.conventions import finish
@@ -146,6 +146,21 @@ def _partition(
         elif cap is None or len(examples) < cap:
             examples.append(item)
     return examples, skipped
+
+
+def add_skipped(
+    result: LoadResult, problems: Sequence[RowProblem], report_path: str | Path | None = None
+) -> LoadResult:
+    """Return ``result`` with ``problems`` added to its skipped rows, the report rewritten.
+
+    For rows a later stage cannot use (capture: more images than the model family takes);
+    they are counted and reported like the rows the loader skipped itself.
+    """
+    if not problems:
+        return result
+    skipped = (*result.skipped, *problems)
+    path = result.report_path or _report_path(result.path, report_path)
+    return replace(result, skipped=skipped, report_path=write_skip_report(skipped, path))
 
 
 def _report_path(source: Path, requested: str | Path | None) -> Path:

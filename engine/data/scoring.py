@@ -49,6 +49,7 @@ __all__ = [
     "METRICS",
     "NO_WORDS",
     "NUMBER_WORDS",
+    "RULES",
     "YES_WORDS",
     "Score",
     "answer_vocabulary",
@@ -57,6 +58,7 @@ __all__ = [
     "extract_open",
     "normalize_answer",
     "normalize_yes_no",
+    "rule",
     "score",
     "soft_accuracy",
 ]
@@ -124,6 +126,21 @@ def score(example: Example, text: str) -> Score:
 
 def _is_yes_no(golds: Sequence[str]) -> bool:
     return all(g in ("yes", "no") for g in golds)
+
+
+# The rule :func:`score` applies to an example (stored per example as ``examples/metric``).
+RULES: tuple[str, ...] = ("choice", "yes/no", *METRICS, "unscored")
+
+
+def rule(example: Example) -> str:
+    """Return which rule of :data:`RULES` scores ``example`` (``unscored``: no gold answer)."""
+    if not example.answers:
+        return "unscored"
+    if example.is_multiple_choice:
+        return "choice"
+    if example.metric == "vqa" and _is_yes_no([normalize_answer(g) for g in example.answers]):
+        return "yes/no"
+    return example.metric
 
 
 def answer_vocabulary(examples: Iterable[Example]) -> tuple[str, ...]:

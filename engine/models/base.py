@@ -34,6 +34,9 @@ class VLMAdapter(ABC):
     """
 
     family: ClassVar[str]
+    #: The most images one prompt may hold (None: any number). Families trained on one image
+    #: per conversation (LLaVA-1.5, the generic fallback) refuse rows with several.
+    max_images: ClassVar[int | None] = 1
 
     model: Any  # transformers PreTrainedModel
     processor: Any  # transformers ProcessorMixin
@@ -94,19 +97,45 @@ class VLMAdapter(ABC):
             "for the 'vision' site. Got neither. Override vision_output() in the family adapter."
         )
 
+    def check_image_count(self, example: Example, n_images: int) -> None:
+        """Raise ModelError naming the row and the family when it has too many images."""
+        if self.max_images is None or n_images <= self.max_images:
+            return
+        from priorscope.engine.errors import ModelError
+
+        source = example.source
+        where = f", data row {source.row} of {source.path}" if source is not None else ""
+        most = self.max_images
+        raise ModelError(
+            f"Expected at most {most} image{'s' if most > 1 else ''} per prompt for model family "
+            f"{self.family!r} ({self.name_or_path}). Got {n_images} images in example "
+            f"{example.id!r}{where} instead. Capture rows with several images with a family "
+            "that takes them (qwen2_5_vl, qwen2_vl, llava_next), or pass --on-bad skip to "
+            "skip such rows (each is counted and reported)."
+        )
+
     @abstractmethod
-    def build_prompt(self, example: Example, *, with_image: bool = True) -> str:
-        """Return the chat-templated prompt text, ending where the assistant's answer begins."""
+    def build_prompt(
+        self, example: Example, *, with_image: bool = True, n_images: int | None = None
+    ) -> str:
+        """Return the chat-templated prompt text, ending where the assistant's answer begins.
+
+        ``n_images`` image placeholders come first (default: one, or none without image).
+        """
 
     @abstractmethod
     def encode(
-        self, examples: Sequence[Example], images: Sequence[Image.Image | None]
+        self,
+        examples: Sequence[Example],
+        images: Sequence[Image.Image | Sequence[Image.Image] | None],
     ) -> dict[str, torch.Tensor]:
         """Return the processor's left-padded batch on the model's device.
 
-        ``images[i]`` is the (possibly blurred) image for ``examples[i]``; ``None`` asks the
-        question with no image. Everything the processor returns is kept (Qwen2.5-VL silently
-        falls back to 1-D positions without ``mm_token_type_ids``).
+        ``images[i]`` is the (possibly blurred) image for ``examples[i]``, a sequence of images
+        for a row with several (one placeholder each, in order; a family that takes fewer
+        raises ModelError naming the row), or ``None`` to ask the question with no image.
+        Everything the processor returns is kept (Qwen2.5-VL silently falls back to 1-D
+        positions without ``mm_token_type_ids``).
         """
 
     @abstractmethod

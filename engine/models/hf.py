@@ -47,6 +47,15 @@ def user_text(example: Example) -> str:
     return "\n".join(parts)
 
 
+def _row_images(item: Any) -> list[Any]:
+    """Return one row's images as a list: [] for None, [image], or the images of a sequence."""
+    if item is None:
+        return []
+    if isinstance(item, (list, tuple)):
+        return list(item)
+    return [item]
+
+
 class HFAdapter(VLMAdapter):
     """A transformers image-text-to-text model with its processor, left-padded batches."""
 
@@ -103,7 +112,17 @@ class HFAdapter(VLMAdapter):
     ) -> HFAdapter:
         """Return the adapter for a checkpoint folder or a name in the Hugging Face cache."""
         common = dict(trust_remote_code=trust_remote_code, local_files_only=local_files_only)
-        processor = cls.processor_class().from_pretrained(path, **common)
+        try:
+            processor = cls.processor_class().from_pretrained(path, **common)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # what transformers raises
+            raise ModelError(
+                f"Expected an image processor and a tokenizer for the model {path} "
+                "(preprocessor_config.json or processor_config.json, and tokenizer files, beside "
+                f"config.json). Got none that loads instead ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:160]}). Copy the processor files from the original "
+                "checkpoint into the folder (processor.save_pretrained(folder) writes them), or "
+                "pass the original checkpoint's name or folder to --model."
+            ) from None
         if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
             raise ModelError(
                 f"Expected a processor with a tokenizer and an image processor for {path}. Got "
@@ -193,8 +212,9 @@ class HFAdapter(VLMAdapter):
         return int(token_id)
 
     # -- prompts -------------------------------------------------------------------------------
-    def _render(self, text: str, with_image: bool) -> str:
-        content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
+    def _render(self, text: str, n_images: int) -> str:
+        # Every image placeholder comes before the text, in the row's image order.
+        content: list[dict[str, str]] = [{"type": "image"} for _ in range(int(n_images))]
         content.append({"type": "text", "text": text})
         messages = [{"role": "user", "content": content}]
         if getattr(self.processor, "chat_template", None) is None:
@@ -206,33 +226,42 @@ class HFAdapter(VLMAdapter):
             self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         )
 
-    def build_prompt(self, example: Example, *, with_image: bool = True) -> str:
-        return self._render(user_text(example), with_image)
+    def build_prompt(
+        self, example: Example, *, with_image: bool = True, n_images: int | None = None
+    ) -> str:
+        n = (1 if with_image else 0) if n_images is None else n_images
+        return self._render(user_text(example), n)
 
     @property
     def prompt_template(self) -> str:
         """Return the rendered template with ``{text}`` where the user text goes (provenance)."""
-        return self._render(_MARK, True).replace(_MARK, "{text}")
+        return self._render(_MARK, 1).replace(_MARK, "{text}")
 
     def encode(
-        self, examples: Sequence[Example], images: Sequence[Image.Image | None]
+        self,
+        examples: Sequence[Example],
+        images: Sequence[Image.Image | Sequence[Image.Image] | None],
     ) -> dict[str, torch.Tensor]:
         if len(examples) != len(images):
             raise ModelError(
                 f"Expected one image (or None) per example. Got {len(images)} images for "
                 f"{len(examples)} examples."
             )
-        with_image = [img is not None for img in images]
+        rows = [_row_images(img) for img in images]
+        with_image = [bool(row) for row in rows]
         if any(with_image) and not all(with_image):
             raise ModelError(
                 "Expected a batch where every row has an image or none has. Got a mix; encode "
                 "the 'none' condition as its own batch."
             )
-        pairs = zip(examples, with_image, strict=True)
-        texts = [self.build_prompt(ex, with_image=w) for ex, w in pairs]
+        for ex, row in zip(examples, rows, strict=True):
+            self.check_image_count(ex, len(row))
+        pairs = zip(examples, rows, strict=True)
+        texts = [self.build_prompt(ex, n_images=len(row)) for ex, row in pairs]
         kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True)
         if all(with_image) and images:
-            kwargs["images"] = list(images)
+            # One flat list: the processor fills the placeholders of all rows in order.
+            kwargs["images"] = [img for row in rows for img in row]
         batch = self.processor(**kwargs)
         return {k: v.to(self.device) for k, v in batch.items() if hasattr(v, "to")}
 
@@ -243,7 +272,7 @@ class HFAdapter(VLMAdapter):
             tok = self.tokenizer
             layout: dict[str, Any] = {}
             for with_image in (False, True):
-                rendered = self._render(_MARK, with_image)
+                rendered = self._render(_MARK, int(with_image))
                 head, tail = rendered.split(_MARK, 1)
                 if with_image:
                     head = head.split(self.processor.image_token)[-1]
@@ -298,7 +327,7 @@ class HFAdapter(VLMAdapter):
     def candidate_token_ids(self, candidates: Sequence[str]) -> list[int]:
         """Return each candidate's first token id as it would follow the generation prompt."""
         tok = self.tokenizer
-        prefix = self._render("x", False)
+        prefix = self._render("x", 0)
         base = tok(prefix, add_special_tokens=False).input_ids
         out = []
         for cand in candidates:

@@ -32,3 +32,5 @@ class LlavaAdapter(HFAdapter):
     answer_prefix: ClassVar[str] = " "
     processor_class_name: ClassVar[str] = "LlavaProcessor"
     model_class_name: ClassVar[str] = "LlavaForConditionalGeneration"
+    # LLaVA-1.5 was trained on one image per conversation: rows with several are refused.
+    max_images: ClassVar[int | None] = 1

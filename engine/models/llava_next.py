@@ -13,3 +13,5 @@ class LlavaNextAdapter(LlavaAdapter):
     family: ClassVar[str] = "llava_next"
     processor_class_name: ClassVar[str] = "LlavaNextProcessor"
     model_class_name: ClassVar[str] = "LlavaNextForConditionalGeneration"
+    # Several images per prompt: each placeholder is expanded for its own image's tiling.
+    max_images: ClassVar[int | None] = None

@@ -75,6 +75,8 @@ class Qwen2VLAdapter(HFAdapter):
     family: ClassVar[str] = "qwen2_vl"
     default_chat_template: ClassVar[str | None] = QWEN_CHAT_TEMPLATE
     model_class_name: ClassVar[str] = "Qwen2VLForConditionalGeneration"
+    # Several images per prompt: each placeholder gets its own grid and M-RoPE positions.
+    max_images: ClassVar[int | None] = None
 
     @classmethod
     def processor_class(cls) -> Any:

@@ -76,6 +76,7 @@ def shape_problems(group: zarr.Group, attrs: Mapping[str, Any], n_conditions: in
         return []
     n = done[0]
     want: dict[str, tuple[int, ...]] = {f"{schema.EX}/{f}": (n,) for f in schema.EXAMPLE_FIELDS}
+    want[schema.COMMIT_SKIPPED] = (n,)  # optional; checked when present
     for path in (schema.OUT_RAW, schema.OUT_ANSWER, schema.OUT_EXTRACTED, schema.OUT_SCORE):
         want[path] = (n, n_conditions)
     if not attrs.get("answers_only"):

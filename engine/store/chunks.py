@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 from priorscope.engine.errors import did_you_mean
-from priorscope.engine.store import backend, schema
+from priorscope.engine.store import backend, schema, skips
 from priorscope.engine.store.dtypes import BF16_ATTR, decode
 
 
@@ -66,6 +66,7 @@ def read_hidden_chunk(
         if done is None:
             commit = backend.node(group, schema.COMMIT_DONE)
             done = backend.read(commit, slice(chunk.start, chunk.stop))
+            done = skips.visible(done, group, chunk.start)  # skipped rows hold no values
         rows = rows[np.asarray(done, dtype=bool)]
     arr = backend.node(group, schema.HIDDEN)
     if rows.size == 0:

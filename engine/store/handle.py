@@ -1,7 +1,9 @@
 """The one handle on a store: every analysis, the report, the demo and ``store`` commands use it.
 
 It owns the commit policy: only committed examples are visible unless a caller passes
-``include_uncommitted=True``, in eager reads, lazy (dask) reads and chunk iteration alike. A
+``include_uncommitted=True``, in eager reads, lazy (dask) reads and chunk iteration alike.
+Examples that capture skipped (``--on-bad skip``: their image could not be decoded) are
+committed but hold no values, so the policy leaves them out too (``skipped()`` names them). A
 capture may still be writing, and an uncommitted shard can hold anything from zeros to a
 half-written file, so the commit mask is read before any value and only rows committed then are
 returned.
@@ -21,7 +23,7 @@ import zarr
 
 from priorscope.engine.conditions import Condition
 from priorscope.engine.errors import StoreError, did_you_mean
-from priorscope.engine.store import backend, chunks, schema
+from priorscope.engine.store import backend, chunks, schema, skips
 from priorscope.engine.store.checks import parse_conditions, structure_problems
 from priorscope.engine.store.dtypes import BF16_ATTR, decode
 from priorscope.engine.store.tables import ExampleTable, read_example_table
@@ -164,10 +166,23 @@ class Store:
     # ---- the commit policy ------------------------------------------------------------------
 
     def committed(self) -> np.ndarray:
-        """Return the commit mask [example] bool (True where every array is written)."""
+        """Return the visible mask [example] bool: every array written, example not skipped."""
         if self._mask is not None:
             return self._mask.copy()
+        return skips.visible(self.finished(), self._group)
+
+    def finished(self) -> np.ndarray:
+        """Return the commit log [example] bool: True where capture is done with the example
+        (captured or skipped); what completeness and resume go by."""
         return backend.read(self._array(schema.COMMIT_DONE)).astype(bool)
+
+    def skipped(self) -> np.ndarray:
+        """Return [example] bool: True where capture skipped the example (no values stored)."""
+        return skips.skipped_mask(self._group)
+
+    def skip_reasons(self) -> np.ndarray:
+        """Return [example] object: why each example was skipped ("" for captured ones)."""
+        return skips.skip_reasons(self._group)
 
     def snapshot(self) -> Store:
         """Return a handle whose commit mask is frozen now, so that reads agree on the rows.
@@ -223,8 +238,11 @@ class Store:
         rows = self.rows(everything)
         if self._table is None:
             self._table = read_example_table(self._group, tuple(self.conditions), self.path)
+        n_skipped = 0 if everything else int(self.skipped().sum())
         table = dataclasses.replace(
-            self._table.take(rows), n_uncommitted=self.n_examples - len(rows)
+            self._table.take(rows),
+            n_uncommitted=self.n_examples - len(rows) - n_skipped,
+            n_skipped=n_skipped,
         )
         return table if column is None else table.column(column)
 
@@ -380,9 +398,9 @@ class Store:
                 "Capture with --full-seq N to record them."
             )
         if not self.committed()[example]:
-            raise StoreError(
-                f"Expected a committed example. Example {example} is not committed yet."
-            )
+            why = str(self.skip_reasons()[example])
+            got = f"was skipped by capture ({why})" if why else "is not committed yet"
+            raise StoreError(f"Expected a committed example. Example {example} {got}.")
         i = known.index(example)
         start = int(backend.read(self._array(schema.FULLSEQ_OFFSETS), i))
         stop = start + int(backend.read(self._array(schema.FULLSEQ_LENGTH), i))

@@ -107,11 +107,17 @@ def array(group: zarr.Group, name: str) -> zarr.Array:
     return backend.node(group, name)
 
 
-def choose_shard_examples(bytes_per_example: int, n_examples: int) -> int:
-    """Return a power-of-two example count whose hidden shard is close to 64 MiB."""
+def choose_shard_examples(bytes_per_example: int, n_examples: int, world: int = 1) -> int:
+    """Return a power-of-two example count whose hidden shard is close to 64 MiB.
+
+    With ``world`` ranks and at least as many examples, shards hold at most n / world examples,
+    so that every rank owns one (shards go round robin): 300 examples on 4 ranks give 64.
+    """
     fit = max(1, TARGET_SHARD_BYTES // max(bytes_per_example, 1))
     size = 1 << (fit.bit_length() - 1)
     size = min(size, MAX_SHARD_EXAMPLES)
+    if world > 1 and n_examples >= world:
+        size = min(size, 1 << ((n_examples // world).bit_length() - 1))
     # A store smaller than one shard still gets one full-size shard; that costs nothing.
     return max(1, min(size, 1 << max(0, (n_examples - 1).bit_length())))
 
@@ -272,15 +278,21 @@ def _default_column(key: str, n: int) -> list[Any]:
 def write_example_table(
     group: zarr.Group, columns: Mapping[str, Sequence[Any]], n: int, chunk: int
 ) -> None:
-    """Write every declared ``examples/*`` column [n]; a column not given gets its default."""
-    unknown = sorted(set(columns) - {*schema.EXAMPLE_FIELDS, "source_row"})
+    """Write every declared ``examples/*`` column [n]; a column not given gets its default.
+
+    The optional filter columns (``schema.EXAMPLE_FILTERS``) are written only when given.
+    """
+    known = [*schema.EXAMPLE_FIELDS, "source_row", *schema.EXAMPLE_FILTERS]
+    unknown = sorted(set(columns) - set(known))
     if unknown:
         raise UsageError(
-            f"Expected example columns among {[*schema.EXAMPLE_FIELDS, 'source_row']}. Got "
+            f"Expected example columns among {known}. Got "
             f"{unknown} as well. Put other per-example values into 'metadata'."
         )
-    for key in (*schema.EXAMPLE_FIELDS, "source_row"):
+    for key in known:
         values = columns.get(key)
+        if values is None and key in schema.EXAMPLE_FILTERS:
+            continue
         if values is None:
             values = _default_column(key, n)
         if len(values) != n:
@@ -288,7 +300,11 @@ def write_example_table(
                 f"Expected {n} values in example column {key!r}. Got {len(values)} instead."
             )
         name = f"{schema.EX}/{key}"
-        if key == "source_row":
+        if key in ("n_images", "has_image"):
+            dtype = "int64" if key == "n_images" else "bool"
+            arr = new_array(group, name, (n,), dtype, (chunk,), ("example",))
+            arr[:] = np.asarray(values, dtype=dtype)
+        elif key == "source_row":
             arr = new_array(group, name, (n,), "int64", (chunk,), ("example",))
             arr[:] = np.asarray(values, dtype=np.int64)
         else:

@@ -20,6 +20,10 @@ Arrays (dimension names in brackets):
   examples/options        [example] str   JSON list of option texts (empty for open-ended)
   examples/metadata       [example] str   JSON object
   examples/source_row     [example] int64 0-based data row in the input file
+  examples/metric         [example] str   optional: the scoring rule (choice, yes/no, vqa,
+                          relaxed, anls, unscored; data.scoring.rule)
+  examples/n_images       [example] int64 optional: images of the row (0: text-only)
+  examples/has_image      [example] bool  optional: whether the row has an image
   outputs/raw             [example, condition] str   greedy generated text
   outputs/answer          [example, condition] str   extracted answer ("" when none extracted)
   outputs/extracted       [example, condition] bool  whether an answer could be extracted
@@ -36,6 +40,11 @@ Arrays (dimension names in brackets):
   grad/...                margin gradients of capture --grad (see GRAD_* below), optional
   commit/done             [example] bool  True once every array of that example is written;
                           readers read it before any values and use only True rows
+  commit/skipped          [example] str   optional (capture --on-bad skip): "" for a captured
+                          example, else why its image could not be decoded or processed; a
+                          skipped row is committed (its shard is done) but holds no values
+                          (NaN, "") and every reader leaves it out. Stores without the array
+                          have no skipped rows, so schema 2 stays readable both ways.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ from priorscope.engine.store.groups import TEXT, ArraySpec, GroupSpec, register_
 SCHEMA_VERSION = 2  # 2: every chunk (inner chunks of shards too) carries a crc32c
 
 EXAMPLE_FIELDS = ("id", "benchmark", "category", "question", "gold", "options", "metadata")
+# Optional example columns for filtering (issue 16); stores written before them lack them.
+EXAMPLE_FILTERS = {"metric": TEXT, "n_images": "int64", "has_image": "bool"}
 EX = "examples"
 OUT_RAW = "outputs/raw"
 OUT_ANSWER = "outputs/answer"
@@ -56,6 +67,7 @@ UNEMBED = "unembed"
 FINAL_NORM_WEIGHT = "final_norm/weight"
 FULLSEQ = "fullseq"
 COMMIT_DONE = "commit/done"
+COMMIT_SKIPPED = "commit/skipped"  # [example] str, optional: why the example was skipped
 
 # Full-sequence residuals (ragged along ``token``: rows of fullseq example i are
 # offsets[i] : offsets[i] + length[i]; each example starts at a multiple of the token block so
@@ -83,9 +95,11 @@ EXAMPLES_GROUP = register_group(
         arrays=(
             *(ArraySpec(f, _EXAMPLE, TEXT) for f in EXAMPLE_FIELDS),
             ArraySpec("source_row", _EXAMPLE, "int64"),
+            *(ArraySpec(f, _EXAMPLE, t, required=False) for f, t in EXAMPLE_FILTERS.items()),
         ),
         description="The per-example table: ids, benchmark, category, question, gold answers "
-        "and options as JSON lists, metadata as a JSON object, the 0-based data row.",
+        "and options as JSON lists, metadata as a JSON object, the 0-based data row; the "
+        "scoring metric, image count and has-image flag.",
         store_kind="capture",
     )
 )
@@ -107,8 +121,12 @@ COMMIT_GROUP = register_group(
     GroupSpec(
         name="commit",
         owner="capture",
-        arrays=(ArraySpec("done", _EXAMPLE, "bool"),),
-        description="The commit log: True once every array of an example is written.",
+        arrays=(
+            ArraySpec("done", _EXAMPLE, "bool"),
+            ArraySpec("skipped", _EXAMPLE, TEXT, required=False),
+        ),
+        description="The commit log: True once every array of an example is written; the "
+        "reason an example was skipped (capture --on-bad skip), empty for captured ones.",
         store_kind="capture",
     )
 )

@@ -29,6 +29,9 @@ _COLUMNS = {
     "gold": "gold",
     "options": "options",
     "source_row": "source_row",
+    "metric": "metric",
+    "n_images": "n_images",
+    "has_image": "has_image",
 }
 
 
@@ -37,7 +40,8 @@ class ExampleTable:
     """Per-example columns of a store's examples, in store order, aligned with ``rows``.
 
     ``rows`` [n] int64 are the store indices; ``n_uncommitted`` counts the store's rows that were
-    left out because they were not committed when the table was read.
+    left out because they were not committed when the table was read, ``n_skipped`` those left
+    out because capture skipped them (``--on-bad skip``).
     """
 
     rows: np.ndarray
@@ -51,6 +55,12 @@ class ExampleTable:
     metadata: tuple[dict[str, Any], ...]
     n_uncommitted: int
     conditions: tuple[Condition, ...]
+    n_skipped: int = 0
+    # The scoring rule (data.scoring.rule), how many images the row has, whether it has any
+    # (issue 16); None in every row of a store written before these columns existed.
+    metric: tuple[str | None, ...] = ()
+    n_images: tuple[int | None, ...] = ()
+    has_image: tuple[bool | None, ...] = ()
 
     @property
     def n(self) -> int:
@@ -93,7 +103,7 @@ class ExampleTable:
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
                 picked[f.name] = value[idx]
-            elif f.name in ("n_uncommitted", "conditions"):
+            elif f.name in ("n_uncommitted", "conditions", "n_skipped"):
                 picked[f.name] = value
             else:
                 picked[f.name] = tuple(value[i] for i in idx)
@@ -126,6 +136,7 @@ def read_example_table(
     options = _json_column(column("options"), "examples/options", where)
     metadata = _json_column(column("metadata"), "examples/metadata", where)
     ids = tuple(str(v) for v in column("id").tolist())
+    filters = _filter_columns(group, len(ids))
     return ExampleTable(
         rows=np.arange(len(ids), dtype=np.int64),
         ids=ids,
@@ -138,4 +149,19 @@ def read_example_table(
         metadata=tuple(m or {} for m in metadata),
         n_uncommitted=0,
         conditions=conditions,
+        metric=filters["metric"],
+        n_images=filters["n_images"],
+        has_image=filters["has_image"],
     )
+
+
+def _filter_columns(group: zarr.Group, n: int) -> dict[str, tuple[Any, ...]]:
+    """Return the optional metric, n_images and has_image columns (None where not written)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for name, kind in (("metric", str), ("n_images", int), ("has_image", bool)):
+        path = f"{schema.EX}/{name}"
+        if path in group:
+            out[name] = tuple(kind(v) for v in backend.read(backend.node(group, path)).tolist())
+        else:
+            out[name] = (None,) * n
+    return out

@@ -26,6 +26,8 @@ class VerifyReport:
     n_committed: int
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Committed examples capture skipped (--on-bad skip): "index id: reason" per example.
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -57,7 +59,9 @@ def text_only_rows(store: Store, cand: np.ndarray | None = None) -> np.ndarray:
     return np.isfinite(cand[:, none]).all(axis=-1) & np.isnan(cand[:, others]).all(axis=(1, 2))
 
 
-def _hidden_problems(store: Store, done: np.ndarray, text: np.ndarray) -> list[str]:
+def _hidden_problems(
+    store: Store, done: np.ndarray, text: np.ndarray, skipped: np.ndarray
+) -> list[str]:
     """Return shards of committed examples whose hidden states are not finite where they must be."""
     arr = store.group[schema.HIDDEN]
     # 'image_mean' of the 'none' condition is NaN by definition: there are no image tokens.
@@ -78,28 +82,35 @@ def _hidden_problems(store: Store, done: np.ndarray, text: np.ndarray) -> list[s
         ok = np.isfinite(values).all(axis=-1) | allowed[None]
         text_void = text[start:stop, None, None, None] & void
         ok |= text_void & np.isnan(values).all(axis=(2, 3, 4))[:, :, None, None]
+        ok |= skipped[start:stop, None, None, None]  # a skipped row holds no values
         if not ok.all():
             problems.append(f"hidden of examples {start}-{stop - 1} holds NaN or inf")
     return problems
 
 
-def _value_problems(store: Store, done: np.ndarray, deep: bool) -> list[str]:
-    """Return committed examples whose log-probs (and, if ``deep``, hidden states) are not finite."""
+def _value_problems(
+    store: Store, done: np.ndarray, deep: bool, skipped: np.ndarray | None = None
+) -> list[str]:
+    """Return committed examples whose log-probs (and, if ``deep``, hidden states) are not finite.
+
+    ``done`` is the commit log; ``skipped`` rows (committed without values) are not checked.
+    """
     if store.answers_only:
         return []
+    skipped = np.zeros(done.shape, dtype=bool) if skipped is None else skipped
     problems = []
     # Log-probs are computed for every committed (example, condition): NaN means a lost write,
     # except a text-only row's image conditions, which are NaN by design.
     cand = store.outputs("cand_logprob", include_uncommitted=True)
     text = text_only_rows(store, cand)
-    bad = np.flatnonzero(done & ~np.isfinite(cand).all(axis=(1, 2)) & ~text)
+    bad = np.flatnonzero(done & ~skipped & ~np.isfinite(cand).all(axis=(1, 2)) & ~text)
     if bad.size:
         problems.append(
             f"{bad.size} committed examples lack candidate log-probs (first: {bad[:5].tolist()})"
         )
     if not deep:
         return problems
-    return problems + _hidden_problems(store, done, text)
+    return problems + _hidden_problems(store, done, text, skipped)
 
 
 def _read_failure(what: str, exc: Exception) -> str:
@@ -109,10 +120,10 @@ def _read_failure(what: str, exc: Exception) -> str:
 def integrity_problems(store: Store, *, deep: bool = False) -> list[str]:
     """Return problems of the committed data (uncommitted rows are not one)."""
     try:
-        done = store.committed()
+        done, skipped = store.finished(), store.skipped()
     except StoreError as exc:
         return [str(exc)]
-    return _value_problems(store, done, deep)
+    return _value_problems(store, done, deep, skipped)
 
 
 def verify(path: str | Path | Store, *, deep: bool = False) -> VerifyReport:
@@ -125,10 +136,11 @@ def verify(path: str | Path | Store, *, deep: bool = False) -> VerifyReport:
         return VerifyReport(where, int(n), 0, problems)
     store = path if isinstance(path, Store) else Store(path)
     try:
-        done = store.committed()
+        done, skipped = store.finished(), store.skipped()
     except Exception as exc:  # a damaged commit log is a finding, not a crash
         return VerifyReport(where, store.n_examples, 0, [_read_failure(schema.COMMIT_DONE, exc)])
     report = VerifyReport(where, store.n_examples, int(done.sum()))
+    report.skipped = _skip_lines(store, skipped)
     if not backend.is_url(where):
         report.problems += chunk_problems(Path(where), store.group, done)
     report.problems += read_problems(store.group, deep=deep)
@@ -141,7 +153,7 @@ def verify(path: str | Path | Store, *, deep: bool = False) -> VerifyReport:
         )
     if not report.problems:
         try:
-            report.problems += _value_problems(store, done, deep)
+            report.problems += _value_problems(store, done, deep, skipped)
         except Exception as exc:  # undecodable bytes surface here at the latest
             report.problems.append(_read_failure("hidden or outputs", exc))
     if not backend.is_url(where):
@@ -152,6 +164,16 @@ def verify(path: str | Path | Store, *, deep: bool = False) -> VerifyReport:
                 f"first: {partial[0]})"
             )
     return report
+
+
+def _skip_lines(store: Store, skipped: np.ndarray) -> list[str]:
+    """Return "index id: reason" for every skipped example (ids from the example table)."""
+    rows = np.flatnonzero(skipped)
+    if rows.size == 0:
+        return []
+    reasons = store.skip_reasons()
+    ids = store.examples(include_uncommitted=True).ids
+    return [f"store row {int(i)} (id {ids[int(i)]!r}): {reasons[int(i)]}" for i in rows]
 
 
 def _groups_info(store: Store) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -173,7 +195,7 @@ def info(path: str | Path | Store) -> dict[str, Any]:
     """Return a JSON-able summary of what the store at ``path`` holds, group by group."""
     store = path if isinstance(path, Store) else Store(path)
     attrs = store.attrs
-    done = store.committed()
+    done, skipped = store.finished(), store.skipped()
     groups, arrays = _groups_info(store)
     return {
         "path": store.path,
@@ -184,6 +206,9 @@ def info(path: str | Path | Store) -> dict[str, Any]:
         "dataset": attrs.get("dataset", {}),
         "examples": store.n_examples,
         "committed": int(done.sum()),
+        # Committed without values (capture --on-bad skip); analyses leave them out.
+        "skipped": int(skipped.sum()),
+        "skipped_examples": _skip_lines(store, skipped),
         "conditions": store.condition_names,
         "layers": store.layers,
         "reductions": store.reductions,

@@ -75,7 +75,7 @@ def store_state(path: str) -> StoreState:
     if not exists(path):
         return StoreState("absent")
     try:
-        done = open_store(path).committed()
+        done = open_store(path).finished()  # skipped examples (--on-bad skip) are done too
     except StoreError as exc:
         return StoreState("unreadable", problem=str(exc))
     state = "complete" if done.all() else "partial"
