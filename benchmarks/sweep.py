@@ -16,7 +16,12 @@ Reports item-conditions per second of both, their ratio, and how often the loop'
 the store's, per condition (blur conditions use different blur code on each side, so a few
 answers near a decision boundary may differ; clean must agree).
 
+``3b`` is the GPU version (benchmarks/gpu_check.sh): the random-weight Qwen2.5-VL-3B of
+``benchmarks/capture.py`` built on ``--device`` in ``--dtype``, run in-process like ``medium``.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sweep.py --items 400
+    python benchmarks/sweep.py --models 3b --device cuda --dtype bf16 --items 16 --size 448 \
+        --batch-size 16 --max-new-tokens 8 --start-repeats 1 --out-json $OUT/sweep_gpu.json
 """
 
 from __future__ import annotations
@@ -93,11 +98,11 @@ def agreement(loop: dict, stored: dict, conds: list[str]) -> dict[str, float]:
     return out
 
 
-def cli_start_seconds() -> float:
+def cli_start_seconds(repeats: int = 3) -> float:
     """Return the median wall time of a process that imports what ``priorscope capture`` does."""
     code = "import torch, transformers, priorscope.cli.main, priorscope.engine.capture"
     times = []
-    for _ in range(3):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-P", "-c", code], check=True)
         times.append(time.perf_counter() - t0)
@@ -110,8 +115,8 @@ def capture_cfg(model: str, data: Path, out: Path, args: argparse.Namespace) -> 
         data=str(data),
         out=str(out),
         ladder=DEFAULT_LADDER,
-        device="cpu",
-        dtype="fp32",
+        device=args.device,
+        dtype=args.dtype,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         progress=False,
@@ -138,15 +143,16 @@ def bench_model(name: str, args: argparse.Namespace, data: Path, work: Path) -> 
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from capture import build_adapter  # benchmarks/capture.py
 
-        adapter = build_adapter("medium", "cpu", "float32")
+        torch_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype]
+        adapter = build_adapter(name, args.device, torch_dtype)
     loop = run_loop(adapter, examples, DEFAULT_LADDER, args.max_new_tokens)
     out = work / f"{name}.zarr"
     if name == "organism":
         cfg = capture_cfg("builtin:organism", data, out, args)
         cap_s, start_s = run_capture_cli(cfg), 0.0
     else:
-        cfg = capture_cfg("random:medium", data, out, args)
-        start_s = cli_start_seconds()
+        cfg = capture_cfg(f"random:{name}", data, out, args)
+        start_s = cli_start_seconds(args.start_repeats)
         t0 = time.perf_counter()
         capture(cfg, adapter=adapter)
         cap_s = time.perf_counter() - t0 + start_s
@@ -173,8 +179,13 @@ def main() -> None:
     parser.add_argument("--models", default="organism,medium")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="cuda: the GPU version (3b)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--start-repeats", type=int, default=3, help="CLI start timings")
     parser.add_argument("--out-json", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.device != "cpu" and "organism" in args.models.split(","):
+        raise SystemExit("The organism runs as a CPU subprocess: use --models medium,3b here.")
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,6 +206,8 @@ def main() -> None:
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.platform(),
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "dtype": args.dtype,
         "command": " ".join(sys.argv),
         "rows": rows,
     }

@@ -1,6 +1,8 @@
 """Kernels on images and activations, with no import of priorscope.engine.
 
 - :mod:`.blur`: the Gaussian blur ladder on CPU and GPU, and the fully obfuscated image;
+- :mod:`.triton_blur`: the ladder's blur levels as one fused Triton kernel (CUDA; imported by
+  :mod:`.blur` only for CUDA tensors when triton is installed);
 - :mod:`.images`: the same for lists of PIL images or numpy arrays;
 - :mod:`.reduce`: the site reductions of the residual stream (last, image_mean, text_mean);
 - :mod:`.errors`: the errors they raise.

@@ -19,16 +19,20 @@ Two exact algorithms, chosen per sigma by the kernel radius:
   radius, so the cut sits where it meets the marginal cost of one more spectral level.
 
 On CPU the batch is processed one image plane at a time (small planes grouped), which keeps a
-large working set in cache. On CUDA the same torch code runs as whole-batch launches (cuFFT and
-elementwise kernels; all images of a size and all sigmas in one call, not one fused kernel); the
-CPU path imports neither cupy nor triton. Arithmetic is float32 for uint8/float16/bfloat16/float32
+large working set in cache. On CUDA, when triton is installed, every blur level of the ladder
+is written by one fused Triton launch (kernels/triton_blur.py: the same operator as a banded
+matrix product, checked against this torch path and scipy); otherwise, and with FUSED_KERNEL
+off, the same torch code runs as whole-batch launches (cuFFT and elementwise kernels). The CPU
+path imports neither cupy nor triton. Arithmetic is float32 for uint8/float16/bfloat16/float32
 inputs and float64 for float64 inputs. The measured crossover, the chunking gain and the
 alternatives rejected by measurement are in benchmarks/RESULTS.md ("Blur ladder").
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -49,6 +53,8 @@ MAX_RADIUS = 10**7
 # Pixels per work chunk on CPU and on CUDA (see _chunks).
 CPU_CHUNK_PIXELS = 1 << 18
 DEVICE_CHUNK_PIXELS = 1 << 28
+# CUDA tensors: blur levels by the fused Triton kernel when triton is installed (False: torch).
+FUSED_KERNEL = True
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -176,8 +182,54 @@ def _chunks(b: int, c: int, h: int, w: int, device: torch.device) -> list[tuple[
     ]
 
 
+def _fused_kernel_applies(images: Tensor, levels: list[Level]) -> bool:
+    """Return whether the blur levels go to the fused Triton kernel (kernels/triton_blur.py).
+
+    On CUDA tensors other than float64, when FUSED_KERNEL is on and triton is installed; the
+    torch path stays the reference and the CPU path (the CPU path never imports triton).
+    """
+    if not FUSED_KERNEL or images.device.type != "cuda" or images.dtype == torch.float64:
+        return False
+    if not any(lv.kind in ("direct", "spectral") for lv in levels):
+        return False
+    return importlib.util.find_spec("triton") is not None
+
+
+def _run_fused(images: Tensor, levels: list[Level], out: Tensor) -> list[Level]:
+    """Write every blur level in one fused launch; return levels with those marked ``done``.
+
+    If triton cannot build the kernel for this device, warn once, switch FUSED_KERNEL off and
+    return ``levels`` unchanged: the torch path then writes them.
+    """
+    global FUSED_KERNEL
+    from priorscope.kernels import triton_blur
+
+    slots = [k for k, lv in enumerate(levels) if lv.kind in ("direct", "spectral")]
+    b, c, h, w = images.shape
+    if not triton_blur.fits_grid(b, c, h, w, len(slots), triton_blur.DEFAULT_BLOCKS):
+        return levels
+    try:
+        triton_blur.blur_levels_fused(images, [levels[k].sigma_px for k in slots], out, slots)
+    except triton_blur.BUILD_ERRORS as exc:
+        FUSED_KERNEL = False
+        warnings.warn(
+            f"The fused Triton blur kernel could not be built for {images.device} "
+            f"({type(exc).__name__}: {str(exc)[:200]}). Blurring with the torch path instead "
+            "for the rest of this process; set priorscope.kernels.blur.FUSED_KERNEL = False "
+            "to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return levels
+    return [Level("done", lv.sigma_px) if k in slots else lv for k, lv in enumerate(levels)]
+
+
 def _run_levels(images: Tensor, levels: list[Level], out: Tensor) -> None:
     """Fill ``out [B, K, C, H, W]`` with one blurred copy of ``images [B, C, H, W]`` per level."""
+    if _fused_kernel_applies(images, levels):
+        levels = _run_fused(images, levels, out)
+        if all(lv.kind == "done" for lv in levels):
+            return
     b, c, h, w = images.shape
     compute = _compute_dtype(images.dtype)
     gains = {
@@ -203,6 +255,8 @@ def _run_chunk(
     spectrum: SeparableSpectrum | None = None
     for k, level in enumerate(levels):
         slot = out[:, k]
+        if level.kind == "done":  # written by the fused kernel
+            continue
         if level.kind == "identity":
             slot.copy_(images)
         elif level.kind == "total":
