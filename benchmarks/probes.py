@@ -61,6 +61,12 @@ from priorscope.engine.store import open_store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "probes.json"
 TARGETS = ("gold", "t2", "t3", "control")
+# What one probe is, for priorscope and sklearn alike (both sides count the same things).
+PROBE = (
+    "one classifier per (label set, train condition, layer, reduction, outer fold), "
+    "with its regularisation chosen by inner validation over the whole grid and refitted on "
+    "the outer training folds, then scored on every test condition"
+)
 
 
 def planted(args: argparse.Namespace) -> PlantedStore:
@@ -133,11 +139,15 @@ def sklearn_logistic_cell(
     train: str,
     cs: tuple[float, ...],
     k: int,
-) -> tuple[dict[str, float], float, float]:
-    """Return (accuracy per test condition, seconds with C search, seconds of the refits alone)."""
+    same_c: list[float] | None = None,
+) -> tuple[dict[str, float], float, float, dict[str, float]]:
+    """Return (accuracy per test condition, seconds with C search, seconds of the refits alone,
+    accuracy per test condition at ``same_c[f]``: priorscope's chosen C, fold by fold, untimed).
+    """
     from sklearn.linear_model import LogisticRegression
 
     hits = dict.fromkeys(xs, 0)
+    hits_same = dict.fromkeys(xs, 0)
     search = refit = 0.0
     x = xs[train]
     for f in range(k):
@@ -158,9 +168,16 @@ def sklearn_logistic_cell(
         t2 = time.perf_counter()
         search += t2 - t0
         refit += t2 - t1
+        same = None
+        if same_c is not None:  # the same regularisation as priorscope's probe of this fold
+            same = LogisticRegression(C=same_c[f]).fit(z[outer], y[outer])
         for c, xc in xs.items():
-            hits[c] += int((model.predict((xc[fold == f] - mu) / sd) == y[fold == f]).sum())
-    return {c: h / len(y) for c, h in hits.items()}, search, refit
+            zt = (xc[fold == f] - mu) / sd
+            hits[c] += int((model.predict(zt) == y[fold == f]).sum())
+            if same is not None:
+                hits_same[c] += int((same.predict(zt) == y[fold == f]).sum())
+    acc = {c: h / len(y) for c, h in hits.items()}
+    return acc, search, refit, {c: h / len(y) for c, h in hits_same.items()}
 
 
 def _mlp_fit(
@@ -246,8 +263,11 @@ def sample_groups(res: ProbeResult, groups: int, seed: int) -> list[tuple[str, i
     return [grid[i] for i in sorted(picked)]
 
 
-def _ours_group(plan: Any, xs: dict[str, np.ndarray], train: str) -> dict[tuple[str, str], float]:
-    """Return priorscope's held-out accuracy per (target, test) of one group, fitted now."""
+def _ours_group(
+    plan: Any, xs: dict[str, np.ndarray], train: str
+) -> tuple[dict[tuple[str, str], float], dict[str, list[float]]]:
+    """Return priorscope's held-out accuracy per (target, test) of one group, fitted now, and
+    the regularisation it chose per target and fold."""
     from priorscope.engine.probes.cells import TARGET, evaluate
     from priorscope.engine.probes.task import fit_site
 
@@ -272,14 +292,27 @@ def _ours_group(plan: Any, xs: dict[str, np.ndarray], train: str) -> dict[tuple[
             for j, spec in enumerate(plan.specs):
                 if spec.role == TARGET:
                     out[(spec.name, test)] = held.correct[j] / held.n[j]
-    return out
+    regs = {
+        spec.name: fits[plan.config.kinds[0]].reg[j].tolist()
+        for j, spec in enumerate(plan.specs)
+        if spec.role == TARGET
+    }
+    return out, regs
 
 
 def _sklearn_group(
-    kind: str, xs: dict[str, np.ndarray], table: Any, fold: np.ndarray, train: str, cfg: ProbeConfig
-) -> tuple[dict[tuple[str, str], float], float, float]:
-    """Return sklearn's (accuracy per (target, test), seconds, seconds of refits alone)."""
+    kind: str,
+    xs: dict[str, np.ndarray],
+    table: Any,
+    fold: np.ndarray,
+    train: str,
+    cfg: ProbeConfig,
+    regs: dict[str, list[float]],
+) -> tuple[dict[tuple[str, str], float], float, float, dict[tuple[str, str], float]]:
+    """Return sklearn's (accuracy per (target, test), seconds, seconds of refits alone,
+    accuracy per (target, test) at priorscope's chosen C; logistic only)."""
     acc_all: dict[tuple[str, str], float] = {}
+    same_all: dict[tuple[str, str], float] = {}
     seconds = refit_seconds = 0.0
     for target in TARGETS:
         raw = (
@@ -290,13 +323,16 @@ def _sklearn_group(
         classes = sorted(set(raw.tolist()))
         y = np.array([classes.index(v) for v in raw])
         if kind == "logistic":
-            acc, sec, refit = sklearn_logistic_cell(xs, y, fold, train, cfg.logistic_cs, cfg.folds)
+            acc, sec, refit, same = sklearn_logistic_cell(
+                xs, y, fold, train, cfg.logistic_cs, cfg.folds, regs[target]
+            )
             refit_seconds += refit
+            same_all.update({(target, test): a for test, a in same.items()})
         else:
             acc, sec = sklearn_mlp_cell(xs, y, fold, train, cfg, cfg.folds)
         seconds += sec
         acc_all.update({(target, test): a for test, a in acc.items()})
-    return acc_all, seconds, refit_seconds
+    return acc_all, seconds, refit_seconds, same_all
 
 
 def side_by_side(
@@ -321,13 +357,21 @@ def side_by_side(
     for train, layer, red in groups:
         xs = _data(store, layer, red)
         t0 = time.perf_counter()
-        ours = _ours_group(plan, xs, train)
+        ours, regs = _ours_group(plan, xs, train)
         t_ours = time.perf_counter() - t0
-        theirs, t_sk, t_refit = _sklearn_group(kind, xs, table, plan.fold, train, cfg)
+        theirs, t_sk, t_refit, same = _sklearn_group(kind, xs, table, plan.fold, train, cfg, regs)
         for (target, test), a in theirs.items():
             mine = float(ours[(target, test)])
+            extra = {}
+            if (target, test) in same:
+                extra = {
+                    "sklearn_same_c": same[(target, test)],
+                    "diff_same_c": abs(mine - same[(target, test)]),
+                    "c_per_fold": regs[target],
+                }
             rows.append(
                 {
+                    **extra,
                     "target": target,
                     "train": train,
                     "test": test,
@@ -373,10 +417,138 @@ def _summary(
         "max_abs_diff": max(diffs),
         "median_abs_diff": statistics.median(diffs),
     }
+    same = [float(r["diff_same_c"]) for r in rows if "diff_same_c" in r]
+    if same:
+        out["max_abs_diff_same_c"] = max(same)
+        out["median_abs_diff_same_c"] = statistics.median(same)
     if kind == "logistic":
         refit = sum(t["sklearn_refit_only_s"] for t in timing)
         out["sklearn_refit_only_probes_per_s"] = probes / refit
         out["pooled_ratio_vs_refit_only"] = refit / total_ours
+    return out
+
+
+# ---- with the control tasks and the permutation null ----------------------------------------
+
+
+def _sklearn_plan_group(
+    plan: Any, xs: dict[str, np.ndarray], train: str, cfg: ProbeConfig
+) -> tuple[dict[tuple[int, str], float], float]:
+    """Return sklearn's (accuracy per (probe, test), seconds) for every probe of ``plan``.
+
+    The same probes priorscope fits: targets and control tasks choose C on the inner fold and
+    are refitted; each permutation probe is refitted at its target's C (sklearn's own choice)
+    on the same permuted training labels (``fold_labels``).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from priorscope.engine.probes.cells import PERM, fold_labels
+
+    labels_train = plan.labels[:, plan.conditions.index(train)]
+    x, fold, k = xs[train], plan.fold, plan.k
+    hits = {(j, c): 0 for j in range(len(plan.specs)) for c in xs}
+    seconds = 0.0
+    for f in range(k):
+        out_rows = np.flatnonzero(fold != f)
+        y_out = fold_labels(plan.specs, labels_train, out_rows, cfg.seed, f)
+        inner = fold[out_rows] != (f + 1) % k
+        mu, sd = x[out_rows].mean(0), x[out_rows].std(0)
+        z = (x[out_rows] - mu) / sd
+        chosen: dict[int, float] = {}
+        t0 = time.perf_counter()
+        models = {}
+        for j, spec in enumerate(plan.specs):
+            y = y_out[:, j]
+            if spec.role == PERM:
+                c = chosen[spec.base]
+            else:
+                accs = [
+                    (
+                        LogisticRegression(C=c).fit(z[inner], y[inner]).predict(z[~inner])
+                        == y[~inner]
+                    ).mean()
+                    for c in cfg.logistic_cs
+                ]
+                c = chosen[j] = cfg.logistic_cs[int(np.argmax(accs))]
+            models[j] = LogisticRegression(C=c).fit(z, y)
+        seconds += time.perf_counter() - t0
+        held = fold == f
+        for test, xt in xs.items():
+            zt = (xt[held] - mu) / sd
+            labels_test = plan.labels[held, plan.conditions.index(test)]
+            for j, spec in enumerate(plan.specs):
+                pred = models[j].predict(zt)
+                hits[(j, test)] += int((pred == labels_test[:, spec.score_on]).sum())
+    n = len(fold)
+    return {key: h / n for key, h in hits.items()}, seconds
+
+
+def side_by_side_controls(
+    store_path: str, groups: list[tuple[str, int, str]], cfg: ProbeConfig
+) -> dict[str, Any]:
+    """Return the side-by-side figures of a run with ``--controls``: targets, control tasks and
+    ``cfg.permutations`` permutation probes per target, all counted as probes on both sides."""
+    from priorscope.engine.probes.cells import evaluate
+    from priorscope.engine.probes.run import build_plan
+    from priorscope.engine.probes.task import fit_site
+
+    store = open_store(store_path)
+    plan, _, _ = build_plan(store.snapshot(), cfg, "(not written)")
+    rows: list[dict[str, Any]] = []
+    timing: list[dict[str, Any]] = []
+    for train, layer, red in groups:
+        xs = _data(store, layer, red)
+        labels_train = plan.labels[:, plan.conditions.index(train)]
+        x = torch.from_numpy(np.ascontiguousarray(xs[train], dtype=np.float32))
+        t0 = time.perf_counter()
+        models = fit_site(x, plan, labels_train)["logistic"]
+        t_ours = time.perf_counter() - t0
+        theirs, t_sk = _sklearn_plan_group(plan, xs, train, cfg)
+        for test, xt in xs.items():
+            labels_test = plan.labels[:, plan.conditions.index(test)]
+            xt_t = torch.from_numpy(np.ascontiguousarray(xt, dtype=np.float32))
+            held = evaluate(
+                plan.specs, models.predict, True, xt_t, plan.fold, labels_test, labels_train, plan.k
+            )
+            for j, spec in enumerate(plan.specs):
+                mine = float(held.correct[j] / held.n[j])
+                a = theirs[(j, test)]
+                rows.append(
+                    {
+                        "probe": spec.name,
+                        "role": spec.role,
+                        "train": train,
+                        "test": test,
+                        "layer": layer,
+                        "reduction": red,
+                        "priorscope": mine,
+                        "sklearn": a,
+                        "diff": abs(mine - a),
+                    }
+                )
+        timing.append(
+            {
+                "train": train,
+                "layer": layer,
+                "reduction": red,
+                "priorscope_s": t_ours,
+                "sklearn_s": t_sk,
+                "sklearn_refit_only_s": float("nan"),
+                "ratio": t_sk / t_ours,
+            }
+        )
+        print(
+            f"  logistic+controls {train}/{layer}/{red}: {len(plan.specs)} probes x {plan.k} "
+            f"folds: priorscope {t_ours:.1f} s, sklearn {t_sk:.1f} s",
+            flush=True,
+        )
+    out = _summary("controls", timing, rows, len(groups) * len(plan.specs) * plan.k)
+    roles = ("target", "control", "perm")
+    out["probes_per_group_and_fold"] = {r: sum(s.role == r for s in plan.specs) for r in roles}
+    out["max_abs_diff_by_role"] = {
+        r: max((float(c["diff"]) for c in rows if c["role"] == r), default=float("nan"))
+        for r in roles
+    }
     return out
 
 
@@ -393,6 +565,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--sample-linear", type=int, default=2, help="groups sklearn redoes")
     parser.add_argument("--sample-mlp", type=int, default=1, help="groups sklearn MLP redoes")
     parser.add_argument("--mlp-reductions", default="last", help="reductions the MLP runs cover")
+    parser.add_argument(
+        "--sample-controls",
+        type=int,
+        default=1,
+        help="groups redone side by side with --controls (control tasks + permutation null)",
+    )
     parser.add_argument("--kinds", default="logistic,mlp")
     parser.add_argument("--backend", default="cpu", help="cpu, cuda or cuml (sklearn: CPU)")
     parser.add_argument("--workdir", default=None)
@@ -449,6 +627,7 @@ def run_kind(
     res = ProbeResult(out)
     probes = len(TARGETS) * 2 * len(design.layers) * len(reductions) * cfg.folds
     entry: dict[str, Any] = {
+        "probe_definition": PROBE,
         "reductions": list(reductions),
         "probes": probes,
         "seconds": seconds,
@@ -460,6 +639,44 @@ def run_kind(
     if count > 0:
         entry["side_by_side"] = side_by_side(store, kind, sample_groups(res, count, 1), cfg)
     return entry
+
+
+def run_controls(
+    args: argparse.Namespace, design: PlantedStore, store: str, work: Path
+) -> dict[str, Any]:
+    """Return the side-by-side figures of logistic probes with control tasks and a null."""
+    cfg = ProbeConfig(
+        targets=TARGETS[:3],
+        kinds=("logistic",),
+        sites=design.reductions,
+        train=("clean", "total"),
+        test=("all",),
+        min_class=5,
+        backend=args.backend,
+        controls=True,
+        permutations=10,
+    )
+    res = ProbeResult(str(work / "logistic.probes.zarr"))
+    entry = side_by_side_controls(store, sample_groups(res, args.sample_controls, 2), cfg)
+    entry["probe_definition"] = PROBE + "; permutation probes reuse their target's C (no search)"
+    return entry
+
+
+def _print_controls(s: dict[str, Any]) -> None:
+    per = s["probes_per_group_and_fold"]
+    print(
+        f"\nlogistic with --controls ({per['target']} targets, {per['control']} control tasks, "
+        f"{per['perm']} permutation probes per group and fold), side by side on "
+        f"{len(s['groups'])} groups ({s['probes']} probes):"
+    )
+    print(f"  {'priorscope':28s}{s['priorscope_probes_per_s']:8.3f} probes/s")
+    print(f"  {'sklearn, same procedure':28s}{s['sklearn_probes_per_s']:8.3f} probes/s")
+    print(f"  ratio: median {s['median_ratio']:.2f}x, pooled {s['pooled_ratio']:.2f}x")
+    print(
+        f"  accuracy |priorscope - sklearn|: max {s['max_abs_diff']:.4f}, "
+        f"median {s['median_abs_diff']:.4f} over {len(s['cells'])} (probe, test) pairs; "
+        + ", ".join(f"max {r} {v:.4f}" for r, v in s["max_abs_diff_by_role"].items())
+    )
 
 
 def main() -> None:
@@ -477,6 +694,9 @@ def main() -> None:
     for kind in args.kinds.split(","):
         report[kind] = run_kind(kind, args, design, store, work)
         _print(kind, report[kind])
+    if "logistic" in args.kinds.split(",") and args.sample_controls > 0:
+        report["logistic_with_controls"] = run_controls(args, design, store, work)
+        _print_controls(report["logistic_with_controls"])
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.json}")
@@ -503,6 +723,11 @@ def _print(kind: str, r: dict[str, Any]) -> None:
         f"  accuracy |priorscope - sklearn|: max {s['max_abs_diff']:.4f}, "
         f"median {s['median_abs_diff']:.4f} over {len(s['cells'])} (cell, test condition) pairs"
     )
+    if "max_abs_diff_same_c" in s:
+        print(
+            f"  at priorscope's chosen C (sklearn refitted with it): max "
+            f"{s['max_abs_diff_same_c']:.4f}, median {s['median_abs_diff_same_c']:.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -242,6 +242,8 @@ def probe_info(
         f"  split: {split.get('k')} folds grouped by {split.get('group_by')!r} "
         f"({split.get('n_groups')} groups), examples {attrs.get('n_examples')}"
     )
+    if split.get("note"):
+        console.print(f"  [yellow]note:[/yellow] {split['note']}")
     console.print(f"  tasks done: {int(done.sum())} of {done.size} (train x layer)")
     for line in target_lines(result):
         console.print(f"  {line}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from priorscope.engine.errors import UnknownNameError, UsageError
+from priorscope.engine.errors import UnknownNameError, UsageError, did_you_mean
 from priorscope.engine.probes import ProbeConfig, parse_kinds
 from priorscope.engine.probes.cells import PERM, evaluate, probe_specs
 from priorscope.engine.probes.controls import control_target, permutation_p, permuted, wilson
@@ -127,6 +127,59 @@ def test_batched_logistic_matches_sklearn_coefficients() -> None:
         assert np.abs(ours - ref_w).max() / np.abs(ref_w).max() < 1e-4
 
 
+def test_logistic_in_a_float32_basis_matches_sklearn_and_the_float64_basis() -> None:
+    """Fits use a float32 rotation (twice as fast); the problem solved is still sklearn's."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _data(600, 80, 5, seed=21)
+    b32, b64 = make_basis(torch.tensor(x), torch.float32), make_basis(torch.tensor(x))
+    assert b32.P.dtype == torch.float32 and b32.lam.dtype == torch.float64
+    # diag(lam) bounds P^T P, as the majorisation step needs.
+    gram = b32.P.double().T @ b32.P.double()
+    assert torch.linalg.eigvalsh(torch.diag(b32.lam) - gram).min() >= 0
+    # Fewer rows than features: the kernel path, computed in float64, kept in float32.
+    k32 = make_basis(torch.tensor(x[:50]), torch.float32)
+    eye = torch.eye(k32.V.shape[1], dtype=torch.float64)
+    assert (
+        k32.V.dtype == torch.float32
+        and (k32.V.double().T @ k32.V.double() - eye).abs().max() < 1e-5
+    )
+    gram = k32.P.double().T @ k32.P.double()
+    assert torch.linalg.eigvalsh(torch.diag(k32.lam) - gram).min() >= 0
+    labels = torch.tensor(np.stack([y, y % 2], 1))
+    inv_c = torch.tensor([1 / 0.05, 1.0], dtype=torch.float64)
+    fits = [
+        solve_logistic(LogisticProblem(b.P, b.lam, labels, [5, 2], inv_c), max_iter=3000, tol=1e-10)
+        for b in (b32, b64)
+    ]
+    assert all(bool(f.converged.all()) for f in fits)
+    z = _standardise(x)
+    for j, (c, target, cols) in enumerate([(0.05, y, slice(0, 5)), (1.0, y % 2, slice(5, 7))]):
+        ref = LogisticRegression(C=c, tol=1e-12, max_iter=20000).fit(z, target).coef_.T
+        for b, fit in zip((b32, b64), fits, strict=True):
+            ours = (b.V.double() @ fit.theta[:-1, cols]).numpy()
+            if ours.shape[1] == 2:
+                ours = ours[:, 1:] - ours[:, :1]
+            assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4, j
+
+
+def test_constant_features_give_a_null_basis_and_a_finite_fit() -> None:
+    """A site where every example holds the same vector (e.g. the last token's embedding before
+    the decoder) has no direction to fit: the basis is all zero (empty on the n < d kernel
+    path) and logistic probes still fit, finite, in either precision."""
+    x = np.ones((40, 16), dtype=np.float32)
+    y = np.arange(40) % 3
+    for dtype, rows in ((torch.float32, 40), (torch.float64, 40), (torch.float32, 8)):
+        b = make_basis(torch.tensor(x[:rows]), dtype)
+        assert float(b.P.abs().sum()) == 0.0 and float(b.lam.abs().sum()) == 0.0
+        assert (b.P.shape[1] == 0) == (rows < x.shape[1])
+        problem = LogisticProblem(
+            b.P, b.lam, torch.tensor(y[:rows, None]), [3], torch.tensor([1.0], dtype=torch.float64)
+        )
+        fit = solve_logistic(problem, max_iter=200, tol=1e-10)
+        assert torch.isfinite(fit.theta).all()
+
+
 def test_logistic_handles_unlabelled_rows_and_absent_classes() -> None:
     x, y = _data(200, 10, 3, seed=2)
     y = y.copy()
@@ -225,7 +278,11 @@ def test_folds_keep_image_groups_together_and_are_seeded() -> None:
     assert sizes.max() - sizes.min() <= 3
     assert np.array_equal(split.fold, assign_folds(keys, 5, seed=1, group_by=by).fold)
     assert not np.array_equal(split.fold, assign_folds(keys, 5, seed=2, group_by=by).fold)
-    assert group_keys(ids, [], lambda name: images, "auto")[1] == "id"
+
+    def no_columns(name: str) -> np.ndarray:  # a table without that column refuses the name
+        raise did_you_mean(name, ["question"], "example column")
+
+    assert group_keys(ids, [], no_columns, "auto")[1] == "id"
     with pytest.raises(UsageError, match="groups"):
         assign_folds(np.array(["a", "a", "b"], dtype=object), 5, 0)
 

@@ -29,6 +29,10 @@ from priorscope.engine.probes.cells import PERM, ProbeSpec, fold_labels
 from priorscope.engine.probes.config import ProbeConfig
 
 F64 = torch.float64
+# Relative size (to the largest eigenvalue) of the spectral norm of the off-diagonal part of
+# P^T P that a float32 basis leaves: measured ~5e-6 at d = 2048 (Gram eigendecomposition in
+# float32); twice that is added to a float32 basis's diagonal so it stays an upper bound.
+F32_MARGIN = 1e-5
 # Logit of a class a probe never saw in training: log(1e-15), the floor sklearn's log_loss clips at.
 ABSENT_LOGIT = -34.538776394910684
 
@@ -52,20 +56,34 @@ class Basis:
         self, coef: torch.Tensor, intercept: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (W [d, cols], b [cols]) acting on raw features from basis coefficients [r, cols]."""
-        w = (self.V @ coef) / self.sigma[:, None]
+        w = (self.V.to(F64) @ coef) / self.sigma[:, None]
         return w, intercept - self.mu @ w
 
 
-def make_basis(x: torch.Tensor) -> Basis:
-    """Return the Basis of training rows ``x`` [n, d] (float64 recommended)."""
-    x = x.to(F64)
-    mu = x.mean(0)
-    z = x - mu
-    sigma = torch.sqrt((z * z).mean(0))
+def make_basis(x: torch.Tensor, dtype: torch.dtype = F64) -> Basis:
+    """Return the Basis of training rows ``x`` [n, d].
+
+    The standardisation is always computed in float64. With ``dtype`` float32 the basis is kept
+    in float32 and, when n >= d, also computed in float32 (Gram, eigendecomposition, ``P``),
+    about twice as fast, for solvers that only need it as a well-conditioned coordinate system
+    (logistic regression): ``V`` is then orthonormal to float32 precision, ``lam`` holds the
+    exact squared column norms of ``P`` (float64) plus a margin for the tiny off-diagonal part
+    of ``P^T P`` (see :data:`F32_MARGIN`). Ridge solves need the float64 basis.
+    """
+    x64 = x.to(F64)
+    var, mu = torch.var_mean(x64, dim=0, correction=0)
+    sigma = torch.sqrt(var)
     # A constant feature carries nothing; scale 1 keeps it at zero instead of dividing by 0.
     sigma = torch.where(sigma > 1e-12 * (1.0 + mu.abs()), sigma, torch.ones_like(sigma))
-    z = z / sigma
-    n, d = z.shape
+    n, d = x.shape
+    # The n x n kernel path (n < d) stays in float64: it is cheap there, and V = Z^T U / sqrt(lam)
+    # would lose orthonormality in the small directions at float32.
+    work = dtype if n >= d else F64
+    if work == F64:
+        z = (x64 - mu) / sigma
+    else:  # standardised in the working precision: no float64 copy of the rows
+        del x64
+        z = (x.to(work) - mu.to(work)) / sigma.to(work)
     if n >= d:
         lam, V = torch.linalg.eigh(z.T @ z)
         lam, V = lam.flip(0).clamp_min(0.0), V.flip(1)
@@ -79,7 +97,14 @@ def make_basis(x: torch.Tensor) -> Basis:
         lam, U = lam[keep], U[:, keep]
         V = (z.T @ U) / torch.sqrt(lam)
         P = U * torch.sqrt(lam)
-    return Basis(mu, sigma, V, lam, P)
+    if dtype != F64:
+        P, V = P.to(dtype), V.to(dtype)
+        # Exact squared column norms, plus a margin for the off-diagonal part of P^T P that
+        # float32 rotations leave, so that diag(lam) still bounds P^T P (the majoriser's need).
+        lam = (P * P).sum(0, dtype=F64)
+        if lam.numel():  # no direction left (constant features): nothing to bound
+            lam = lam + F32_MARGIN * lam.max()
+    return Basis(mu, sigma, V, lam.to(F64), P)
 
 
 def one_hot_pm(labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -110,6 +135,8 @@ class LogisticProblem:
     inv_c: torch.Tensor
 
     def __post_init__(self) -> None:
+        # P^T laid out contiguously: the gradient's product is twice as fast as through P.T.
+        self.PT = self.P.T.contiguous()
         self.offsets = [0]
         for kj in self.k:
             self.offsets.append(self.offsets[-1] + kj)
@@ -184,21 +211,27 @@ def loss_grad(
     ``theta`` [r + 1, cols] holds those probes' columns (basis coefficients, then the intercept).
     """
     P, n = problem.P, problem.P.shape[0]
-    logits = P @ theta[:-1] + theta[-1]
+    # Products with P run in P's precision (float32 for a float32 basis); the rest in float64.
+    logits = (P @ theta[:-1].to(P.dtype)).to(F64) + theta[-1]
     if batch.any_absent:
         logits = logits + batch.absent
     resid = torch.empty_like(logits)
     loss = torch.empty(len(batch.probes), dtype=F64)
     for c0, p0, m, k in batch.runs:
-        logp = torch.log_softmax(logits[:, c0 : c0 + m * k].reshape(n, m, k), dim=2)
+        block = logits[:, c0 : c0 + m * k].reshape(n, m, k)
+        shifted = block - block.amax(2, keepdim=True)
+        e = torch.exp(shifted)
+        total = e.sum(2, keepdim=True)
+        logp = shifted - torch.log(total)  # log-softmax, with its exponentials reused below
         y = batch.labels[:, p0 : p0 + m].clamp_min(0).unsqueeze(2)
         w = batch.weights[:, p0 : p0 + m]
         loss[p0 : p0 + m] = -(w * logp.gather(2, y).squeeze(2)).sum(0)
-        r = torch.exp(logp).scatter_add_(2, y, -torch.ones_like(y, dtype=F64))
+        r = (e / total).scatter_add_(2, y, -torch.ones_like(y, dtype=F64))
         resid[:, c0 : c0 + m * k] = (r * w.unsqueeze(2)).reshape(n, m * k)
     coef = theta[:-1]
     loss += batch.per_probe(0.5 * (coef * coef).sum(0) * batch.inv_c)
-    grad = torch.cat([P.T @ resid + coef * batch.inv_c, resid.sum(0, keepdim=True)])
+    back = (problem.PT @ resid.to(P.dtype)).to(F64)
+    grad = torch.cat([back + coef * batch.inv_c, resid.sum(0, keepdim=True)])
     return loss, grad
 
 
@@ -248,14 +281,24 @@ History = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def _two_loop(g: torch.Tensor, hist: History, inv_m: torch.Tensor, batch: _Batch) -> torch.Tensor:
-    """Return the L-BFGS direction -H g per probe, with H0 = the inverse majoriser."""
+    """Return the L-BFGS direction -H g per probe, with H0 = the inverse majoriser, scaled.
+
+    The scale is the usual one of L-BFGS (``s^T y / y^T M^-1 y`` of the newest pair), taken in
+    the majoriser's metric: since the majoriser bounds the Hessian it is at least 1, and it
+    grows as the fit becomes confident and the true curvature falls below Boehning's bound.
+    """
     q = g.clone()
     alphas = []
     for s, y, rho in reversed(hist):
         a = rho * batch.per_probe((s * q).sum(0))
         q -= batch.per_col(a)[None, :] * y
         alphas.append(a)
-    r = q * inv_m
+    _, y_new, rho_new = hist[-1]
+    yy = batch.per_probe((y_new * y_new * inv_m).sum(0))
+    scale = torch.where(
+        (rho_new > 0) & (yy > 0), 1.0 / (rho_new * yy.clamp_min(1e-300)), torch.ones_like(yy)
+    ).clamp_min(1.0)
+    r = q * inv_m * batch.per_col(scale)[None, :]
     for (s, y, rho), a in zip(hist, reversed(alphas), strict=True):
         b = rho * batch.per_probe((y * r).sum(0))
         r += batch.per_col(a - b)[None, :] * s
@@ -362,6 +405,10 @@ def _step(problem: LogisticProblem, st: _State, memory: int) -> _State:
     rho = torch.where(sy > 1e-300, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
     hist = [*st.hist, (d, y, rho)][-memory:]
     return _State(batch, st.theta + d, f_new, g_new, st.bound, hist)
+
+
+# Precision of the basis each kind is solved in (see make_basis).
+BASIS_DTYPE: dict[str, torch.dtype] = {"ridge": F64, "logistic": torch.float32}
 
 
 # ---- one (site, training condition): every fold, probe and regularisation strength ----------
@@ -530,13 +577,15 @@ def _logistic_c_index(
     uncentred basis coordinates, warm-start the refit on all training rows.
     """
     q, g = len(k), len(cs)
-    P = basis.P[inner]
+    P = basis.P[inner].to(F64)
     m = P.mean(0)
     labels = y_in.repeat_interleave(g, dim=1)
     ks = [kj for kj in k for _ in range(g)]
-    problem = LogisticProblem(P - m, basis.lam, labels, ks, 1.0 / cs.repeat(q))
+    centred = (P - m).to(basis.P.dtype)
+    del P
+    problem = LogisticProblem(centred, basis.lam, labels, ks, 1.0 / cs.repeat(q))
     fit = solve_logistic(problem, max_iter=max_iter, tol=tol)
-    scores = (basis.P[~inner] - m) @ fit.theta[:-1] + fit.theta[-1]
+    scores = (basis.P[~inner].to(F64) - m) @ fit.theta[:-1] + fit.theta[-1]
     acc = torch.zeros(g, q, dtype=F64)
     for col, block in enumerate(torch.split(scores, ks, dim=1)):
         j, c = divmod(col, g)
@@ -579,8 +628,10 @@ def fit_linear_group(
     out = {kind: _empty(k_folds, x.shape[1], ks) for kind in kinds}
     for f in range(k_folds):
         out_rows = np.flatnonzero(present & (fold != f))
+        rows_x = x[torch.from_numpy(out_rows)]
+        bases = {kind: make_basis(rows_x, BASIS_DTYPE[kind]) for kind in kinds}
         fold_data = _FoldData(
-            basis=make_basis(x[torch.from_numpy(out_rows)]),
+            bases=bases,
             inner=torch.from_numpy(fold[out_rows] != (f + 1) % k_folds).to(x.device),
             y_out=torch.from_numpy(fold_labels(specs, labels, out_rows, config.seed, f)).to(
                 x.device
@@ -598,7 +649,7 @@ def fit_linear_group(
 class _FoldData:
     """One outer fold: its basis, which basis rows are inner (the rest validate), the labels."""
 
-    basis: Basis
+    bases: dict[str, Basis]  # per kind: float64 for ridge, float32 for logistic
     inner: torch.Tensor  # [rows] bool
     y_out: torch.Tensor  # [rows, probes] training labels (permutations shuffled)
     own_labels: torch.Tensor  # [rows, own probes] labels of targets and controls
@@ -623,12 +674,12 @@ def _fit_fold(
     grid = torch.tensor(config.ridge_alphas if kind == "ridge" else config.logistic_cs, dtype=F64)
     idx = torch.zeros(len(own), dtype=torch.int64)
     init = None
-    inner, y = data.inner, data.own_labels
+    inner, y, basis = data.inner, data.own_labels, data.bases[kind]
     if len(grid) > 1 and kind == "ridge":
-        idx = _ridge_alpha_index(data.basis, inner, y[inner], y[~inner], own_k, grid)
+        idx = _ridge_alpha_index(basis, inner, y[inner], y[~inner], own_k, grid)
     elif len(grid) > 1:
         idx, starts = _logistic_c_index(
-            data.basis,
+            basis,
             inner,
             y[inner],
             y[~inner],
@@ -637,14 +688,14 @@ def _fit_fold(
             config.logistic_max_iter,
             100 * config.logistic_tol,
         )
-        init = _warm_start(data.basis, ks, own, starts)
+        init = _warm_start(basis, ks, own, starts)
     reg = _per_probe_reg(specs, own, grid[idx])
     models.reg[:, f] = reg
     if kind == "ridge":
-        models.W[f], models.b[f] = ridge_fit(data.basis, data.y_out, ks, reg)
+        models.W[f], models.b[f] = ridge_fit(basis, data.y_out, ks, reg)
         return
     fit, models.W[f], models.b[f] = logistic_fit(
-        data.basis, data.y_out, ks, reg, config.logistic_max_iter, config.logistic_tol, init
+        basis, data.y_out, ks, reg, config.logistic_max_iter, config.logistic_tol, init
     )
     models.iterations[:, f] = fit.iterations
 

@@ -29,7 +29,13 @@ from priorscope.engine.probes.cells import ProbeSpec, probe_specs
 from priorscope.engine.probes.config import ProbeConfig, Resolved, resolve
 from priorscope.engine.probes.controls import control_target
 from priorscope.engine.probes.results import PROBES_GROUP, ProbeResult, create_arrays, default_out
-from priorscope.engine.probes.splits import Split, assign_folds, group_keys
+from priorscope.engine.probes.splits import (
+    Split,
+    assign_folds,
+    dataset_image_keys,
+    group_keys,
+    split_note,
+)
 from priorscope.engine.probes.targets import Target, TargetInputs, build_targets
 from priorscope.engine.store import Store, open_results, open_store
 
@@ -106,8 +112,16 @@ def build_plan(store: Store, config: ProbeConfig, out: str) -> tuple[Plan, list[
         for i, t in enumerate(usable):
             controls[i] = len(sets)
             sets.append(control_target(t, types, config.seed))
-    keys, group_by = group_keys(table.ids, table.metadata_keys(), table.column, config.group_column)
-    split = assign_folds(keys, config.folds, config.seed, group_by)
+    why = [""]
+
+    def images() -> tuple[np.ndarray | None, str]:
+        keys, why[0] = dataset_image_keys(store.attrs, table.ids)
+        return keys, why[0]
+
+    keys, group_by = group_keys(
+        table.ids, table.metadata_keys(), table.column, config.group_column, images
+    )
+    split = assign_folds(keys, config.folds, config.seed, group_by, split_note(group_by, why[0]))
     perms = config.permutations if config.controls else 0
     specs = probe_specs([s.name for s in sets], [s.n_classes for s in sets], controls, perms)
     n_cond = len(store.condition_names)
@@ -150,6 +164,11 @@ def identity(plan: Plan) -> dict[str, Any]:
         **plan.config.to_json(),
         "store": plan.store_path,
         "rows": {"n": int(plan.rows.size), "sha256_16": digest},
+        # The folds themselves: a resume must never mix two splits (e.g. once the store's
+        # image identity became readable, the groups change).
+        "folds_sha256_16": hashlib.sha256(np.ascontiguousarray(plan.fold).tobytes()).hexdigest()[
+            :16
+        ],
         "layers": list(r.layers),
         "reductions": list(r.sites),
         "train_conditions": list(r.train),

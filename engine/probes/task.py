@@ -73,32 +73,55 @@ def run_task(plan: Plan, li: int, ti: int) -> dict[str, Any]:
         x_all = read_condition(store, layer, train, plan.rows)
         labels_train = plan.labels[:, plan.conditions.index(train)]
         buf = TaskBuffers(plan)
-        for ri, red in enumerate(plan.resolved.sites):
-            r = plan.store_reductions.index(red)
+        sites = [
+            (ri, plan.store_reductions.index(red)) for ri, red in enumerate(plan.resolved.sites)
+        ]
+        fitted = []
+        for ri, r in sites:
             x = torch.from_numpy(np.ascontiguousarray(x_all[:, r])).to(device)
             fits = fit_site(x, plan, labels_train) if plan.specs else {}
-            for te, test in enumerate(plan.resolved.test):
-                xt = x
-                if test != train:
-                    xt_np = read_condition(store, layer, test, plan.rows)[:, r]
-                    xt = torch.from_numpy(np.ascontiguousarray(xt_np)).to(device)
-                labels_test = plan.labels[:, plan.conditions.index(test)]
-                for kind, models in fits.items():
-                    held = evaluate(
-                        plan.specs,
-                        models.predict,
-                        kind != "ridge",
-                        xt,
-                        plan.fold,
-                        labels_test,
-                        labels_train,
-                        plan.k,
-                    )
-                    buf.cells(kind, te, ri, held)
+            fitted.append(fits)
+            if train in plan.resolved.test:
+                _score(plan, buf, fits, plan.resolved.test.index(train), ri, x, labels_train)
             buf.train_counts(ri, x, labels_train)
             buf.fits(ri, fits)
+        del x_all
+        # Every other test condition is read once (one slab) and scores every site's probes.
+        for te, test in enumerate(plan.resolved.test):
+            if test == train:
+                continue
+            xt_all = read_condition(store, layer, test, plan.rows)
+            for (ri, r), fits in zip(sites, fitted, strict=True):
+                xt = torch.from_numpy(np.ascontiguousarray(xt_all[:, r])).to(device)
+                _score(plan, buf, fits, te, ri, xt, labels_train)
+            del xt_all
         buf.write(ti, li)
     return {"layer": layer, "train": train}
+
+
+def _score(
+    plan: Plan,
+    buf: TaskBuffers,
+    fits: dict[str, Any],
+    te: int,
+    ri: int,
+    xt: torch.Tensor,
+    labels_train: np.ndarray,
+) -> None:
+    """Score every kind's probes of site ``ri`` on test condition ``te``'s rows ``xt``."""
+    labels_test = plan.labels[:, plan.conditions.index(plan.resolved.test[te])]
+    for kind, models in fits.items():
+        held = evaluate(
+            plan.specs,
+            models.predict,
+            kind != "ridge",
+            xt,
+            plan.fold,
+            labels_test,
+            labels_train,
+            plan.k,
+        )
+        buf.cells(kind, te, ri, held)
 
 
 def fit_site(x: torch.Tensor, plan: Plan, labels: np.ndarray) -> dict[str, Any]:
