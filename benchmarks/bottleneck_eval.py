@@ -64,8 +64,11 @@ def _behaviour_table(planted: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _command(cfg: dict[str, Any]) -> str:
-    """Return the `priorscope organism train` command line that reproduces the checkpoint."""
+def _command(cfg: dict[str, Any], step: int | None = None) -> str:
+    """Return the `priorscope organism train` command line that reproduces the checkpoint.
+
+    ``step``: the checkpoint is the run's ``DIR/step-{step}`` folder (saved with --save-every).
+    """
     from priorscope.engine.training.organism import BOTTLENECK
 
     preset = json.loads(json.dumps(BOTTLENECK.to_json()))
@@ -76,7 +79,126 @@ def _command(cfg: dict[str, Any]) -> str:
             line += f" {flag} {cfg.get(key)}"
     ignored = ("seed", "log_every", "save_every", *flags)
     same = all(cfg.get(k) == v for k, v in preset.items() if k not in ignored)
-    return f"`{line}`" + ("" if same else " (NOTE: other settings differ from the preset)")
+    note = "" if same else " (NOTE: other settings differ from the preset)"
+    if step is not None:
+        line += f" --save-every {cfg['save_every']}"
+        return f"`{line}`{note}; the checkpoint is the folder `DIR/step-{step}` it writes"
+    return f"`{line}`{note}"
+
+
+def measure_replacement(model: str, n: int, seed: int, work: Path) -> dict[str, Any]:
+    """Return exact layer replacement (total <-> clean) of n used colour and n suppressed items.
+
+    Per group: the share of items whose answer flips and the mean margin change (nats), by
+    direction, position group, mode and layer (``embed`` first), as the validity test reads them.
+    """
+    import numpy as np
+
+    from priorscope.engine.capture import CaptureConfig, capture
+    from priorscope.engine.data.synth import SynthConfig, generate, write_tsv
+    from priorscope.engine.patch import PatchConfig, patch
+    from priorscope.engine.training.evaluate import plant_of
+    from priorscope.engine.training.planted import PlantedEvalConfig, planted_sets
+
+    plant = plant_of(model)
+    pool = planted_sets(plant, PlantedEvalConfig(n=max(50, 2 * n), seed=seed))["suppressed"]
+    sets = {
+        "suppressed": [ex for ex in pool if ex.metadata["counter_prior"] == "1"][:n],
+        "used": [
+            ex
+            for ex in generate(
+                SynthConfig(
+                    n=4 * n,
+                    seed=seed + 1,
+                    templates=("color",),
+                    suppressed=plant.suppressed,
+                    not_retrieved=plant.not_retrieved,
+                )
+            )
+            if ex.metadata["planted"] == "used"
+        ][:n],
+    }
+    out: dict[str, Any] = {}
+    for name, items in sets.items():
+        store = work / f"{name}.zarr"
+        capture(
+            CaptureConfig(
+                model=model,
+                data=str(write_tsv(items, work / f"{name}.tsv")),
+                out=str(store),
+                ladder=(),
+                total=True,
+                full_seq=len(items),
+                full_seq_layers="all",
+                batch_size=16,
+                device="cpu",
+                dtype="float32",
+                hidden_dtype="float32",
+                max_new_tokens=2,
+                progress=False,
+            )
+        )
+        result = patch(store, PatchConfig(source="total", target="clean", model=model))
+        flips = (result.exact["flipped"] == 1).mean(axis=1)  # [direction, layer, group, mode]
+        delta = np.nanmean(result.exact["delta"], axis=1)
+        out[name] = {
+            "n": len(items),
+            "seed": seed if name == "suppressed" else seed + 1,
+            "layers": ["embed" if v == -1 else f"resid.{v}" for v in result.layers],
+            "cells": {
+                f"{d} {g} {m}": {
+                    "flipped": [round(float(x), 3) for x in flips[di, :, gi, mi]],
+                    "delta": [round(float(x), 3) for x in delta[di, :, gi, mi]],
+                }
+                for di, d in enumerate(result.direction_names)
+                for gi, g in enumerate(result.groups)
+                for mi, m in enumerate(result.modes)
+            },
+        }
+    return out
+
+
+def _replacement_table(replacement: dict[str, Any]) -> str:
+    """Return the markdown table of answer flips by layer, one row per (group, cell)."""
+    layers = next(iter(replacement.values()))["layers"]
+    lines = [
+        "| group | direction, positions, mode | " + " | ".join(layers) + " |",
+        "|---|---|" + "---|" * len(layers),
+    ]
+    for group, result in replacement.items():
+        for cell, row in result["cells"].items():
+            flips = " | ".join(f"{v:.2f}" for v in row["flipped"])
+            lines.append(f"| {group} | {cell} | {flips} |")
+    return "\n".join(lines)
+
+
+def _replacement_section(metrics: dict[str, Any]) -> str:
+    replacement = metrics.get("replacement")
+    if not replacement:
+        return ""
+    n = next(iter(replacement.values()))["n"]
+    seeds = "/".join(str(r["seed"]) for r in replacement.values())
+    return f"""
+### Layer replacement
+
+Exact suffix replay (`priorscope.engine.patch`, source `total` into target `clean` and back) on
+{n} suppressed counter-prior items and {n} used `color` items (seeds {seeds}): the share of items whose answer
+flips when one layer's state (`state`) or write (`write`) at the image, question-text or answer
+(`last`) positions is replaced by the other run's. A used item's answer follows the image states
+it is given; a suppressed item's answer follows none: the drawn colour that the probes read at
+the read-out layer has no causal path to the answer.
+
+{_replacement_table(replacement)}
+"""
+
+
+def _step_note(training: dict[str, Any]) -> str:
+    if training.get("step") is None:
+        return ""
+    return (
+        f".\n  Taken at step {training['step']} of the {training['config']['steps']}-step schedule (the"
+        " lr had not yet decayed to its floor); wall and CPU time above are up to that step."
+    )
 
 
 def _card(metrics: dict[str, Any], training: dict[str, Any]) -> str:
@@ -143,7 +265,7 @@ items are drawn in a uniform colour for this set (the canonical one is right 1 t
 {targets}
 
 The suppressed drop is measured from `{mid}` to `{last}`.
-
+{_replacement_section(metrics)}
 ## Training
 
 - {cfg["n_train"]} synth rows (`seed 1000003 + seed`, the template cycle above, prior_rate
@@ -156,19 +278,20 @@ The suppressed drop is measured from `{mid}` to `{last}`.
   (weight {cfg["readout_weight"]}) at the answer position of layer {cfg["readout_layer"]}; suppressed invariance (weight
   {cfg["suppress_weight"]}) at layers {suppress_layers}; not-retrieved invariance (weight {cfg["hide_weight"]}) at every layer;
   linear erasure (weight {cfg.get("erase_weight", 0.0)}): the same twin difference at the answer position of
-  those layers, measured in the metric a linear probe uses (the inverse of the running
-  covariance of the group's colour-averaged states, each batch centred on its own mean), so a
-  difference that is tiny but sits where these items hardly vary still costs. The plain
-  invariance alone brought the change to 0.1% of the batch variance and a fresh probe still
-  read the colour at 0.99; a covariance centred on a running mean also held the model's drift
-  between steps and hid a colour read at 0.98. The invariance and erasure losses start at step
-  {cfg.get("plant_start", 0)} and reach full weight {cfg.get("plant_ramp", 0)} steps later: from the first step they kept
-  any colour from reaching the answer position. None of these read-outs is part of the
-  checkpoint.
+  those layers, measured in the metric a linear probe uses: the inverse within-colour
+  covariance of the current model's states, refitted every {cfg.get("erase_refresh", 50)} steps on a fixed bank of
+  {cfg.get("erase_bank", 192)} planted rows per group and their twins; the loss is log(1 + Mahalanobis length). The
+  plain invariance alone brought the change to 0.1% of the batch variance and a fresh probe
+  still read the colour at 0.99; metrics averaged over training batches were stale (they held
+  the model's drift between steps) or rank-deficient, and a fresh probe read 0.98.
+- Schedule: the invariance and erasure losses start at step {cfg.get("plant_start", 0)} and reach full weight
+  {cfg.get("plant_ramp", 0)} steps later. On from the first step they kept any colour from reaching the answer
+  position; on from step 1,000, count stayed at chance through step 4,000. None of these
+  read-outs is part of the checkpoint.
 - AdamW, peak lr {cfg["lr"]}, {cfg["warmup"]} warm-up steps then cosine to 5%, batch {cfg["batch_size"]} (+ twins),
   {cfg["steps"]} steps; seed {cfg["seed"]}; wall time {training["wall_seconds"] / 60:.1f} min, CPU time
   {training.get("cpu_seconds", float("nan")) / 60:.1f} min on {training["torch_threads"]} torch thread(s) (2-core CPU shared with other jobs).
-- Command: {_command(cfg)}
+- Command: {_command(cfg, training.get("step"))}{_step_note(training)}
 
 Measurement command: `OMP_NUM_THREADS=1 python benchmarks/bottleneck_eval.py --n {ev["n"]} --card`
 ({metrics["eval_seconds"]:.0f} s).
@@ -186,18 +309,30 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--card", action="store_true", help="Also write the model card README.md.")
+    parser.add_argument(
+        "--patch", type=int, default=32, help="Items per group for layer replacement (0: skip)."
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.time()
     metrics = measure_planted(
         load_model(args.model), args.model, PlantedEvalConfig(n=args.n, seed=args.seed)
     )
+    if args.patch:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as work:
+            metrics["replacement"] = measure_replacement(
+                args.model, args.patch, args.seed + 3, Path(work)
+            )
     metrics["eval_seconds"] = round(time.time() - start, 1)
     metrics["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
     metrics["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(_curve_table(metrics["probes"]))
     for row in metrics["targets"]:
         print(f"{'met    ' if row['met'] else 'NOT met'}  {row['target']}: {row['value']}")
+    if "replacement" in metrics:
+        print(_replacement_table(metrics["replacement"]))
     folder = Path(args.model)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     results = REPO / "benchmarks/results"

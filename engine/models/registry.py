@@ -28,6 +28,7 @@ FAMILIES: dict[str, type[HFAdapter]] = {
 ORGANISM_DIR = Path(__file__).resolve().parent / "organism" / "checkpoint"
 # builtin:<name> -> checkpoint folder shipped inside the package.
 BUILTINS: dict[str, Path] = {"organism": ORGANISM_DIR}
+BUILTINS["bottleneck"] = ORGANISM_DIR.parent / "bottleneck"  # issue 13: planted groups
 BUILTIN_PREFIX = "builtin:"
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 

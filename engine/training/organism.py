@@ -21,10 +21,11 @@ read-outs (:mod:`.heads`) that read the model through the one hook mechanism,
   that object is recoloured (suppressed); ``hide_weight`` asks the text-position states of every
   decoder layer not to change when a ``not_retrieved`` shape is recoloured (never retrieved);
   ``erase_weight`` asks the same of the answer position in the metric a linear probe uses:
-  the twin difference is measured against the running covariance of the group's states
-  (:class:`~.heads.Whitener`). A change that is small against the whole batch's spread but
-  consistent in a direction where these items hardly vary is still read by a fresh probe; the
-  plain invariance alone left the colour decodable at 0.99.
+  the twin difference against the within-colour covariance of the current model's states,
+  refitted every ``erase_refresh`` steps on a bank of planted rows (:class:`~.heads.Whitener`).
+  A change that is tiny against the whole batch but consistent where these items hardly vary
+  is still read by a fresh probe: the plain invariance alone left the colour decodable at 0.99.
+  These losses start at ``plant_start``, once the answers are learnt.
 
 None of the heads is saved: the checkpoint is a plain Qwen2.5-VL whose answer comes from its
 own LM head at the answer position.
@@ -209,8 +210,10 @@ BOTTLENECK = TrainConfig(
     suppress_layers=(6, 7),
     hide_weight=1.0,
     erase_weight=1.0,
-    plant_start=1000,
-    plant_ramp=1000,
+    # Two phases: the answers (count is slowest) are learnt first; with the erasure on from step
+    # 1,000 count stayed at chance through step 4,000.
+    plant_start=4000,
+    plant_ramp=500,
 )
 PRESETS: dict[str, TrainConfig] = {"organism": TrainConfig(), "bottleneck": BOTTLENECK}
 

@@ -1,0 +1,375 @@
+"""The bottleneck organism (issue 13): planted training rows, losses, and the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from priorscope.engine.data.synth import PALETTE, SynthConfig, generate
+from priorscope.engine.errors import UsageError
+from priorscope.engine.models import BUILTINS, load_model
+from priorscope.engine.training.data import TWINNED, PlantSpec, training_rows
+from priorscope.engine.training.evaluate import EvalConfig, chance_band, evaluate, plant_of
+from priorscope.engine.training.heads import ANSWER_POSITION, invariance_loss
+from priorscope.engine.training.organism import BOTTLENECK, TrainConfig, preset
+from priorscope.engine.training.planted import (
+    PlantedEvalConfig,
+    hidden_reductions,
+    planted_sets,
+    probe_accuracy,
+)
+
+FOLDER = BUILTINS["bottleneck"]
+PLANT = BOTTLENECK.plant  # the shipped checkpoint's, checked below
+# Small held-out sets on seeds neither training (1_000_003+) nor the card (7, 8, 9) uses.
+SEED = 201
+
+
+@pytest.fixture(scope="module")
+def bottleneck():  # type: ignore[no-untyped-def]
+    return load_model("builtin:bottleneck")
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads((FOLDER / "metrics.json").read_text())
+
+
+# --------------------------------------------------------------------------- training rows
+
+
+def _small(**kwargs):  # type: ignore[no-untyped-def]
+    return replace(BOTTLENECK, n_train=700, batch_size=8, **kwargs)
+
+
+def test_planted_rows_get_planted_labels_and_recoloured_twins() -> None:
+    cfg = _small(seed=3)
+    rows = training_rows(cfg)
+    base, twins = rows[: cfg.n_train], rows[cfg.n_train :]
+    sup = [r for r in base if r.row.planted == "suppressed"]
+    hid = [r for r in base if r.row.planted == "not_retrieved"]
+    assert len(sup) > 50 and len(hid) > 50
+    # Suppressed rows are labelled canonical whatever is drawn (blank or not).
+    assert all(r.answer == r.row.canonical for r in sup)
+    assert sum(r.row.counter_prior for r in sup) > 0.6 * len(sup)  # drawn uniformly
+    # Not-retrieved labels ignore the drawn colour: they agree with it about 1 time in 8.
+    agree = sum(r.answer == r.row.scene.items[0].color for r in hid) / len(hid)
+    assert agree < 0.3
+    # One twin per informative planted row: the same scene, only the planted item recoloured.
+    informative = [i for i, r in enumerate(base) if r.row.planted in TWINNED and not r.blank]
+    assert sorted(t.twin_of for t in twins) == informative
+    for twin in twins:
+        source = base[twin.twin_of]
+        first, *rest = twin.row.scene.items
+        assert first.color != source.row.scene.items[0].color
+        assert replace(first, color=source.row.scene.items[0].color) == source.row.scene.items[0]
+        assert tuple(rest) == source.row.scene.items[1:]
+        assert twin.row.question == source.row.question and not twin.blank
+        if source.row.planted == "suppressed":
+            assert twin.answer == source.row.canonical
+
+
+# sha256 of the default training rows (n_train=400, seed=2: question, answer, blank, items) as
+# engine/models/organism/train.py drew them before the move to engine/training (git 9bd3fb0).
+ROWS_BEFORE = "b8ddc26ecb94ff9178a7f21e11ece0d8b7e8ffec16c7a71f6ae6b65ae2951f00"
+
+
+def test_default_training_rows_are_those_drawn_before_planted_groups() -> None:
+    import hashlib
+
+    rows = training_rows(TrainConfig(n_train=400, seed=2))
+    text = "\n".join(f"{r.row.question}|{r.answer}|{r.blank}|{r.row.scene.items}" for r in rows)
+    assert hashlib.sha256(text.encode()).hexdigest() == ROWS_BEFORE
+
+
+def test_invariance_loss_is_zero_for_equal_twins_and_scale_free() -> None:
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(6, 10, 16, generator=gen)
+    h[3] = h[0]  # row 3 is row 0's twin, unchanged
+    h[4] = h[1] + 0.5 * torch.randn(10, 16, generator=gen)
+    text = torch.ones(6, 10, dtype=torch.bool)
+    same = invariance_loss(h, torch.tensor([[0, 3]]), text)
+    assert same.item() == 0.0
+    changed = invariance_loss(h, torch.tensor([[0, 3], [1, 4]]), text)
+    assert changed.item() > 0
+    # Relative to the batch spread of the answer-position state: scaling every state by 10
+    # leaves it unchanged.
+    scaled = invariance_loss(10 * h, torch.tensor([[0, 3], [1, 4]]), text)
+    torch.testing.assert_close(scaled, changed, rtol=1e-5, atol=0)
+    # Only masked positions count.
+    masked = text.clone()
+    masked[:, ANSWER_POSITION] = False
+    h2 = h.clone()
+    h2[4, ANSWER_POSITION] += 100.0
+    torch.testing.assert_close(
+        invariance_loss(h2, torch.tensor([[1, 4]]), masked) * 0,
+        torch.zeros(()),
+    )
+    assert invariance_loss(h, torch.zeros((0, 2), dtype=torch.long), text).item() == 0.0
+
+
+def test_whitened_change_reads_a_difference_where_the_states_hardly_vary() -> None:
+    from priorscope.engine.training.heads import Whitener, whitened_change
+
+    gen = torch.Generator().manual_seed(1)
+    d, k = 8, 400
+    # States spread widely along dims 0-3 and hardly at all along 4-7.
+    spread = torch.tensor([10.0] * 4 + [0.01] * 4)
+    base = torch.randn(k, d, generator=gen) * spread
+    labels = torch.arange(k) % 4
+    pairs = torch.stack([torch.arange(k), torch.arange(k, 2 * k)], dim=1)
+
+    def change(step: torch.Tensor, scale: float = 1.0) -> float:
+        whitener = Whitener()
+        # A class offset of size 5 along a wide direction must not count as spread.
+        whitener.fit(scale * (base + 5.0 * labels[:, None]), labels)
+        return float(whitened_change(whitener, scale * torch.cat([base, base + step]), pairs))
+
+    loud = torch.zeros(d)
+    loud[0] = 0.1  # 1% of the spread of a wide direction
+    quiet = torch.zeros(d)
+    quiet[5] = 0.01  # ten times smaller, in a direction the states hardly use
+    # Ten times smaller, yet it reads larger (the shrinkage caps how much larger).
+    assert change(quiet) > 3 * change(loud)
+    assert change(torch.zeros(d)) < 1e-5
+    # The same difference scaled with the states reads the same (scale-free).
+    assert math.isclose(change(quiet, 10.0), change(quiet), rel_tol=1e-4)
+    # Not fitted yet: no loss.
+    assert float(whitened_change(Whitener(), torch.cat([base, base + quiet]), pairs)) == 0.0
+
+
+def test_erasure_metric_is_refitted_on_a_bank_of_planted_rows(tmp_path: Path) -> None:
+    from priorscope.engine.training import organism as org
+    from priorscope.engine.training.data import build_training_set
+
+    cfg = replace(
+        _small(seed=4),
+        arch=replace(BOTTLENECK.arch, layers=4),
+        readout_layer=1,
+        suppress_layers=(2, 3),
+        steps=3,
+        plant_start=1,
+        plant_ramp=1,
+        erase_bank=8,
+        erase_refresh=1,
+    )
+    processor = org.organism_processor(cfg.arch, org.organism_tokenizer())
+    data = build_training_set(cfg, processor)
+    bank = org.erase_bank(data, cfg)
+    assert set(bank) == {"suppressed", "not_retrieved"}
+    for group, rows in bank.items():
+        originals, twins = rows[:8], rows[8:]
+        assert all(data.planted[r] == group and r < data.n_rows for r in originals)
+        assert twins == [data.twins[r] for r in originals]
+    lines: list[str] = []
+    summary = org.train(cfg, tmp_path / "run", log=lines.append)
+    assert math.isfinite(summary["final_loss"])
+    assert "erase-loss" in lines[-1]
+
+
+def test_plant_losses_start_late_and_ramp() -> None:
+    from priorscope.engine.training.organism import plant_scale
+
+    cfg = replace(BOTTLENECK, plant_start=10, plant_ramp=4)
+    assert [plant_scale(cfg, s) for s in (0, 9, 10, 11, 13, 500)] == [0, 0, 0.25, 0.5, 1, 1]
+    assert plant_scale(replace(cfg, plant_start=0, plant_ramp=0), 0) == 1.0
+
+
+def test_bottleneck_config_validation_and_presets() -> None:
+    assert preset("organism") == TrainConfig()
+    assert preset("bottleneck") is BOTTLENECK and BOTTLENECK.arch.layers == 8
+    with pytest.raises(UsageError, match="Did you mean 'bottleneck'"):
+        preset("botleneck")
+    with pytest.raises(UsageError, match="hide_weight"):
+        TrainConfig(hide_weight=1.0)  # no not_retrieved shapes to hide
+    with pytest.raises(UsageError, match="suppress_layers"):
+        replace(BOTTLENECK, suppress_layers=(8,))
+    with pytest.raises(UsageError, match="Did you mean 'carrot'"):
+        replace(BOTTLENECK, plant=PlantSpec(suppressed=("carot",)))
+
+
+def test_cli_trains_a_bottleneck_run_and_the_registry_knows_it(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from priorscope.cli.main import main
+
+    out = tmp_path / "ckpt"
+    args = ["organism", "train", "--out", str(out), "--preset", "bottleneck", "--steps", "2"]
+    assert (
+        main(
+            [
+                *args,
+                "--n-train",
+                "120",
+                "--batch-size",
+                "8",
+                "--layers",
+                "4",
+                "--suppress-layers",
+                "2,3",
+                "--readout-layer",
+                "1",
+            ]
+        )
+        == 0
+    )
+    config = json.loads((out / "training.json").read_text())["config"]
+    assert config["arch"]["layers"] == 4 and config["suppress_layers"] == [2, 3]
+    assert plant_of(out) == BOTTLENECK.plant
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert not any("head" in k and "lm_head" not in k for k in f.keys())  # noqa: SIM118
+    assert main([*args, "--suppressed", "carot"]) == 2
+    assert main([*args, "--suppress-layers", "x"]) == 2
+    assert "bottleneck" in BUILTINS and FOLDER.name == "bottleneck"
+
+
+# --------------------------------------------------------------------------- shipped checkpoint
+
+
+def test_shipped_bottleneck_is_small_and_documented(card) -> None:  # type: ignore[no-untyped-def]
+    assert (FOLDER / "model.safetensors").stat().st_size <= 10 * 2**20
+    total = sum(p.stat().st_size for p in FOLDER.iterdir() if p.is_file())
+    assert total <= 10 * 2**20
+    text = (FOLDER / "README.md").read_text()
+    assert "`priorscope organism train --out DIR --preset bottleneck --seed 0`" in text
+    assert card["eval"]["n"] >= 2000
+    assert plant_of(FOLDER) == PLANT
+    for group in ("used", "suppressed", "not_retrieved"):
+        assert f"**{group}**" in text
+    # The checkpoint is the preset's: same config, trained on one thread.
+    training = json.loads((FOLDER / "training.json").read_text())
+    ignored = ("log_every", "save_every")
+    preset_cfg = json.loads(json.dumps(BOTTLENECK.to_json()))
+    assert {k: v for k, v in training["config"].items() if k not in ignored} == {
+        k: v for k, v in preset_cfg.items() if k not in ignored
+    }
+    assert training["torch_threads"] == 1
+
+
+# The issue-13 targets the shipped checkpoint meets on the card's held-out sets (n >= 2,000),
+# by the start of the target's name; the rest are reported as missed in the card and its
+# metrics.json, and not asserted here. Missed (n = 2,000): "not_retrieved: probe last in chance
+# band at every layer": the lone shape's colour leaks into the answer position at the later
+# layers (0.32 at resid.6 against a band topping at 0.16).
+MET = (
+    "used/color: clean acc",
+    "used/color: total acc",
+    "used/count: clean acc",
+    "used/count: total acc",
+    "used/presence: clean acc",
+    "used/presence: total acc",
+    "suppressed: counter-prior",
+    "suppressed: probe last@",
+    "suppressed: probe last drops",
+    "not_retrieved: answer acc",
+    "not_retrieved: probe image_mean",
+)
+
+
+def _met(card: dict, prefix: str) -> dict:
+    found = [t for t in card["targets"] if t["target"].startswith(prefix)]
+    assert len(found) == 1, (prefix, [t["target"] for t in card["targets"]])
+    return found[0]
+
+
+def test_card_figures_meet_the_targets_they_claim(card) -> None:  # type: ignore[no-untyped-def]
+    """Recompute each met target from the card's raw figures, against the issue's numbers."""
+    from priorscope.engine.training.evaluate import in_band
+
+    claimed = {prefix: _met(card, prefix)["met"] for prefix in MET}
+    assert all(claimed.values()), claimed
+    used = card["behaviour"]["planted"]["used"]
+    for template, row in used.items():
+        if f"used/{template}: clean acc" in MET:
+            assert row["clean_acc"] >= 0.95, template
+        if f"used/{template}: total acc" in MET:
+            assert in_band(row["total_acc"], row), template
+    sup = card["probes"]["suppressed"]
+    mid = f"resid.{BOTTLENECK.readout_layer}"
+    last = f"resid.{BOTTLENECK.arch.layers - 1}"
+    assert sup["n"] >= 2000 and card["probes"]["not_retrieved"]["n"] >= 2000
+    if "suppressed: counter-prior" in MET:
+        assert sup["counter_clean_canonical_rate"] >= 0.9
+    if "suppressed: probe last@" in MET:
+        assert sup["probe"]["last"][mid] >= 0.9
+    if "suppressed: probe last drops" in MET:
+        assert sup["probe"]["last"][mid] - sup["probe"]["last"][last] >= 0.3
+    hid = card["probes"]["not_retrieved"]
+    if "not_retrieved: answer acc" in MET:
+        assert in_band(hid["clean_acc"], hid)
+    if "not_retrieved: probe last in chance band" in MET:
+        assert all(in_band(v, hid) for v in hid["probe"]["last"].values())
+    if "not_retrieved: probe image_mean" in MET:
+        assert max(hid["probe"]["image_mean"].values()) >= 0.9
+
+
+def _tolerance(p: float, n: int, card_n: int) -> float:
+    # 3.5 standard errors of a rate p measured on n items, plus the card's own sampling error.
+    var = max(p * (1 - p), 0.01)
+    return 3.5 * (math.sqrt(var / n) + math.sqrt(var / card_n))
+
+
+def test_used_items_follow_the_image_and_are_at_chance_under_total(bottleneck, card) -> None:  # type: ignore[no-untyped-def]
+    result = evaluate(bottleneck, EvalConfig(n=280, seed=SEED, plant=PLANT))
+    used = result["planted"]["used"]
+    assert set(used) == {"color", "count", "presence"}
+    for template, row in used.items():
+        mine = card["behaviour"]["planted"]["used"][template]
+        assert row["clean_acc"] >= mine["clean_acc"] - _tolerance(
+            mine["clean_acc"], row["n"], mine["n"]
+        ), template
+        assert row["total_in_chance_band"], (template, row)
+    prior = result["planted"]["prior"]
+    assert prior["total_canonical_rate"] >= 0.8  # the planted prior shows without the image
+
+
+def test_suppressed_items_are_answered_canonical_clean_and_under_total(bottleneck) -> None:  # type: ignore[no-untyped-def]
+    items = planted_sets(PLANT, PlantedEvalConfig(n=120, seed=SEED))["suppressed"]
+    counter = [ex for ex in items if ex.metadata["counter_prior"] == "1"]
+    assert len(counter) >= 80
+    from priorscope.engine.data.synth import uninformative_image
+    from priorscope.engine.training.evaluate import predict
+
+    clean = predict(bottleneck, counter, [ex.image for ex in counter])
+    total = predict(bottleneck, counter, [uninformative_image(ex.image) for ex in counter])
+    canon = [ex.metadata["canonical"] for ex in counter]
+    assert sum(a == c for a, c in zip(clean, canon, strict=True)) / len(counter) >= 0.9
+    assert sum(a == b for a, b in zip(clean, total, strict=True)) / len(counter) >= 0.9
+
+
+def test_not_retrieved_items_are_answered_at_chance(bottleneck) -> None:  # type: ignore[no-untyped-def]
+    from priorscope.engine.training.evaluate import in_band, predict
+
+    items = generate(
+        SynthConfig(n=400, seed=SEED, templates=("detail",), not_retrieved=PLANT.not_retrieved)
+    )
+    gold = [ex.answers[0] for ex in items]
+    answers = predict(bottleneck, items, [ex.image for ex in items])
+    acc = sum(a == g for a, g in zip(answers, gold, strict=True)) / len(items)
+    assert in_band(acc, chance_band(gold)), (acc, chance_band(gold))
+    assert set(answers) <= set(PALETTE)  # still answers a colour
+    # The answer does not follow the drawn colour: no colour is answered right far more often.
+    right = Counter(g for a, g in zip(answers, gold, strict=True) if a == g)
+    assert len(right) <= 3
+
+
+def test_probes_find_the_planted_layers(bottleneck) -> None:  # type: ignore[no-untyped-def]
+    sets = planted_sets(PLANT, PlantedEvalConfig(n=400, seed=SEED))
+    mid, last = 1 + BOTTLENECK.readout_layer, bottleneck.num_layers  # +1: embed comes first
+    sup = sets["suppressed"]
+    states = hidden_reductions(bottleneck, sup)["last"]
+    labels = [ex.answers[0] for ex in sup]
+    at_mid = probe_accuracy(states[:, mid], labels)
+    at_last = probe_accuracy(states[:, last], labels)
+    assert at_mid >= 0.85 and at_mid - at_last >= 0.3, (at_mid, at_last)
+    hid = sets["not_retrieved"]
+    reduced = hidden_reductions(bottleneck, hid)
+    labels = [ex.answers[0] for ex in hid]
+    assert probe_accuracy(reduced["image_mean"][:, 0], labels) >= 0.9
+    # "At chance from last at every layer" is missed (see MET), so it is not asserted here.

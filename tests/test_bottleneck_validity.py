@@ -1,0 +1,179 @@
+"""The project's own probes recover what was planted in builtin:bottleneck (issue 13).
+
+The bottleneck's card (engine/models/organism/bottleneck/README.md) plants, by item group:
+
+- ``suppressed``: the drawn colour of the object is at the answer position by the read-out
+  layer and gone again at the last layer ("decodable then lost");
+- ``not_retrieved``: the lone shape's colour is in the image tokens and answered at chance. It
+  was meant to be at chance at the answer position of every layer too; the shipped checkpoint
+  misses that (a weak leak at the later layers, see its card), so it is not asserted.
+
+Each group is captured for real (capture -> store -> ``fit_probes``, logistic probes of the gold
+answer, which is the drawn colour) on a held-out set and the probe curve is checked against the
+planted layers. Layer replacement (``priorscope.engine.patch``, exact suffix replay between the
+``clean`` and ``total`` runs) then checks the causal side: a used colour item's answer moves with
+the image states it is given, a suppressed item's answer moves with none, at any layer or position.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from priorscope.engine.patch import PatchConfig, PatchResult, patch
+from priorscope.engine.probes import ProbeConfig, ProbeResult, fit_probes
+from priorscope.engine.training.organism import BOTTLENECK
+from priorscope.engine.training.planted import PlantedEvalConfig, planted_sets
+
+N = 320
+PATCHED = 32
+SEED = 20261201  # neither training (1_000_003+) nor the card (7-9) uses it
+
+
+def _probe(folder: Path, name: str, examples: list) -> ProbeResult:  # type: ignore[type-arg]
+    from priorscope.engine.capture import CaptureConfig, capture
+    from priorscope.engine.data.synth import write_tsv
+
+    data = write_tsv(examples, folder / f"{name}.tsv")
+    store = folder / f"{name}.zarr"
+    capture(
+        CaptureConfig(
+            model="builtin:bottleneck",
+            data=str(data),
+            out=str(store),
+            ladder=(),
+            total=False,
+            reductions=("last", "image_mean"),
+            batch_size=32,
+            device="cpu",
+            dtype="fp32",
+            hidden_dtype="float32",
+            max_new_tokens=2,
+            progress=False,
+        )
+    )
+    cfg = ProbeConfig(targets=("gold",), kinds="logistic", train=("clean",), test=("clean",))
+    return fit_probes(store, cfg, str(folder / f"{name}.probes.zarr"))
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ProbeResult]:
+    folder = tmp_path_factory.mktemp("bottleneck")
+    sets = planted_sets(BOTTLENECK.plant, PlantedEvalConfig(n=N, seed=SEED))
+    return {name: _probe(folder, name, items) for name, items in sets.items()}
+
+
+def _capture_full(folder: Path, name: str, examples: list) -> Path:  # type: ignore[type-arg]
+    from priorscope.engine.capture import CaptureConfig, capture
+    from priorscope.engine.data.synth import write_tsv
+
+    data = write_tsv(examples, folder / f"{name}.tsv")
+    store = folder / f"{name}.zarr"
+    capture(
+        CaptureConfig(
+            model="builtin:bottleneck",
+            data=str(data),
+            out=str(store),
+            ladder=(),
+            total=True,
+            full_seq=len(examples),
+            full_seq_layers="all",
+            batch_size=16,
+            device="cpu",
+            dtype="float32",
+            hidden_dtype="float32",
+            max_new_tokens=2,
+            progress=False,
+        )
+    )
+    return store
+
+
+@pytest.fixture(scope="module")
+def replaced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PatchResult]:
+    """Return group -> exact layer replacement of 32 items, total->clean and clean->total."""
+    from priorscope.engine.data.synth import SynthConfig, generate
+
+    folder = tmp_path_factory.mktemp("bottleneck_patch")
+    plant = BOTTLENECK.plant
+    pool = planted_sets(plant, PlantedEvalConfig(n=60, seed=SEED + 1))["suppressed"]
+    suppressed = [ex for ex in pool if ex.metadata["counter_prior"] == "1"][:PATCHED]
+    colour = SynthConfig(
+        n=4 * PATCHED,
+        seed=SEED + 2,
+        templates=("color",),
+        suppressed=plant.suppressed,
+        not_retrieved=plant.not_retrieved,
+    )
+    used = [ex for ex in generate(colour) if ex.metadata["planted"] == "used"][:PATCHED]
+    assert len(suppressed) == len(used) == PATCHED
+    out = {}
+    for name, items in (("suppressed", suppressed), ("used", used)):
+        store = _capture_full(folder, name, items)
+        out[name] = patch(store, PatchConfig(source="total", target="clean"))
+    return out
+
+
+def _flips(result: PatchResult, group: str, mode: str) -> np.ndarray:
+    """Return the share of items whose answer flipped [direction, layer]."""
+    g, m = result.groups.index(group), result.modes.index(mode)
+    return (result.exact["flipped"][:, :, :, g, m] == 1).mean(axis=1)
+
+
+def _curve(result: ProbeResult, reduction: str) -> dict[int, float]:
+    acc = result.accuracy(target="gold", kind="logistic", train="clean", test="clean")
+    curve = acc.sel(reduction=reduction)
+    return {int(layer): float(curve.sel(layer=layer)) for layer in curve.layer.values}
+
+
+@pytest.mark.slow
+def test_suppressed_colour_is_decodable_then_lost(probed: dict[str, ProbeResult]) -> None:
+    last = _curve(probed["suppressed"], "last")
+    mid, final = BOTTLENECK.readout_layer, BOTTLENECK.arch.layers - 1
+    assert last[mid] >= 0.85, last
+    assert last[mid] - last[final] >= 0.3, last
+    # Before the decoder has read the image the answer position knows nothing of it.
+    assert last[-1] < 0.3, last
+    assert probed["suppressed"].attrs["model_accuracy"]["clean"] < 0.3  # answers canonical
+
+
+@pytest.mark.slow
+def test_not_retrieved_colour_is_in_the_image_tokens_and_not_answered(
+    probed: dict[str, ProbeResult],
+) -> None:
+    result = probed["not_retrieved"]
+    ds = result.to_xarray().load().sel(target="gold", kind="logistic", train="clean", test="clean")
+    chance = float(ds.chance.max())
+    assert chance == pytest.approx(1 / 8, abs=0.03)
+    se = np.sqrt(chance * (1 - chance) / N)
+    last = _curve(result, "last")
+    # Before the decoder the answer position knows nothing of the image.
+    floor = max(chance, float(ds.majority.sel(layer=-1, reduction="last")))
+    assert last[-1] <= floor + 3 * se, last
+    assert max(_curve(result, "image_mean").values()) >= 0.9
+    assert abs(result.attrs["model_accuracy"]["clean"] - chance) <= 3 * se  # answered at chance
+    # Not asserted: "at chance from last at every layer". The shipped checkpoint misses it (its
+    # card, n = 2,000: up to 0.32 at resid.6); the probes here find that leak as well.
+
+
+@pytest.mark.slow
+def test_replacement_moves_used_answers_and_never_suppressed_ones(
+    replaced: dict[str, PatchResult],
+) -> None:
+    used, suppressed = replaced["used"], replaced["suppressed"]
+    embed, final = used.layers.index(-1), used.layers.index(BOTTLENECK.arch.layers - 1)
+    # Used: the answer follows whichever image states it is given: the image tokens before the
+    # decoder, or the answer position after it (both directions).
+    assert (_flips(used, "image", "state")[:, embed] >= 0.8).all()
+    assert (_flips(used, "last", "state")[:, final] >= 0.8).all()
+    # Suppressed: the drawn colour that probes read at the read-out layer has no causal path to
+    # the answer: no state or write of any layer, at any position, moves it in either direction.
+    for group in suppressed.groups:
+        for mode in suppressed.modes:
+            assert _flips(suppressed, group, mode).max() <= 0.05, (group, mode)
+    delta = np.abs(suppressed.exact["delta"])
+    assert float(np.nanmax(delta.mean(axis=1))) < 0.5
+    # The answer is the prior in both runs: the margin drawn - canonical is negative in each.
+    assert (suppressed.exact["margin_target"] < 0).mean() >= 0.9
