@@ -1,7 +1,8 @@
 """Fold groups: every example sharing an image stays in one fold, whatever identity the store has.
 
-A capture store records no image hash yet, so the probe driver reads the image bytes back from
-the benchmark file the store names and hashes them; these tests build that file for real (a
+A capture store records each example's image hash (``examples/image_sha256``); for stores
+written before it did, the probe driver reads the image bytes back from the benchmark file the
+store names and hashes them the same way; these tests build that file for real (a
 VLMEvalKit TSV from the synthetic generator, several questions per image), capture it with the
 built-in organism, and check the split the probe run would use.
 """
@@ -139,15 +140,32 @@ def test_a_captured_store_groups_its_folds_by_image_bytes(
     )
     st = open_store(store).snapshot()
     cfg = ProbeConfig(targets=("gold",), kinds="ridge", folds=3, min_class=1)
-    plan, _, split = build_plan(st, cfg, str(tmp_path / "p.zarr"))
-    assert split.group_by == BYTES and split.note == ""
-    assert split.n_groups == 6
-    ids = st.examples().ids
     image_of = {ex.id: i // 4 for i, ex in enumerate(examples)}
-    folds: dict[int, set[int]] = {}
-    for example_id, f in zip(ids, plan.fold.tolist(), strict=True):
-        folds.setdefault(image_of[example_id], set()).add(f)
-    assert all(len(f) == 1 for f in folds.values()) and len(folds) == 6
+
+    def check_grouped(plan: object, split: object) -> None:
+        assert split.n_groups == 6 and split.note == ""  # type: ignore[attr-defined]
+        folds: dict[int, set[int]] = {}
+        ids = st.examples().ids
+        for example_id, f in zip(ids, plan.fold.tolist(), strict=True):  # type: ignore[attr-defined]
+            folds.setdefault(image_of[example_id], set()).add(f)
+        assert all(len(f) == 1 for f in folds.values()) and len(folds) == 6
+
+    # The capture records each example's image identity: the split uses it directly.
+    table = st.examples()
+    assert len(set(table.image_sha256)) == 6 and table.column("image_sha256")[0] != ""
+    assert table.image_sha256[0] == examples[int(table.source_row[0])].images_sha256
+    plan, _, split = build_plan(st, cfg, str(tmp_path / "p.zarr"))
+    assert split.group_by == "image_sha256"
+    check_grouped(plan, split)
+    # A store written before that column existed: the bytes are read back from the file.
+    import shutil
+
+    shutil.rmtree(store / "examples" / "image_sha256")
+    st = open_store(store).snapshot()
+    assert st.examples().image_sha256 == (None,) * 24
+    plan, _, split = build_plan(st, cfg, str(tmp_path / "p2.zarr"))
+    assert split.group_by == BYTES
+    check_grouped(plan, split)
     # Without the benchmark file the split falls back to one group per example and says so.
     data.unlink()
     _, _, fallback = build_plan(open_store(store).snapshot(), cfg, str(tmp_path / "q.zarr"))

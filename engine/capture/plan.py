@@ -104,6 +104,7 @@ def example_table(examples: Sequence[Example], order: Sequence[int]) -> dict[str
         "metric": [scoring.rule(ex) for ex in rows],
         "n_images": [len(ex.images) for ex in rows],
         "has_image": [ex.has_image for ex in rows],
+        "image_sha256": [ex.images_sha256 for ex in rows],
     }
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,21 @@ OPTION_LABELS = string.ascii_uppercase
 #   relaxed: ChartQA's relaxed accuracy (numbers within 5%, text exact), best gold
 #   anls:    ANLS for document VQA (1 - normalised edit distance, 0 under 0.5), best gold
 METRICS: tuple[str, ...] = ("vqa", "relaxed", "anls")
+
+
+def images_sha256(images: Sequence[bytes]) -> str:
+    """Return sha256 over each image's 8-byte little-endian length and bytes ('' when none).
+
+    Examples that ask several questions about one image share this key; so do rows whose image
+    lists are equal. Probes group folds by it (:mod:`priorscope.engine.probes.splits`).
+    """
+    if not images:
+        return ""
+    h = hashlib.sha256()
+    for data in images:
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -86,6 +102,12 @@ class Example:
         if self.image_bytes is None:
             return ()
         return (self.image_bytes, *self.extra_images)
+
+    @property
+    def images_sha256(self) -> str:
+        """Return the image identity of the item: sha256 over every image's 8-byte little-endian
+        length and its encoded bytes, in order ('' for a text-only item)."""
+        return images_sha256(self.images)
 
     @property
     def image(self) -> Image.Image:

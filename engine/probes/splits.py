@@ -133,14 +133,6 @@ def split_note(group_by: str, why: str = "") -> str:
     )
 
 
-def _bytes_digest(images: Sequence[bytes]) -> str:
-    h = hashlib.sha256()
-    for data in images:
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()
-
-
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -179,7 +171,7 @@ def dataset_image_keys(
             result = load(path, **options, on_bad="skip", report_path=Path(tmp) / "skipped.jsonl")
         except (PriorscopeError, TypeError, ValueError, OSError) as exc:
             return None, f"reading its benchmark file {str(path)!r} failed: {exc}"
-    digests = {ex.id: _bytes_digest(ex.images) for ex in result.examples if ex.has_image}
+    digests = {ex.id: ex.images_sha256 for ex in result.examples if ex.has_image}
     keys = np.array([digests.get(i) for i in ids], dtype=object)
     if not any(k is not None for k in keys):
         return None, f"no example of the store has an image in {str(path)!r}"

@@ -24,6 +24,8 @@ Arrays (dimension names in brackets):
                           relaxed, anls, unscored; data.scoring.rule)
   examples/n_images       [example] int64 optional: images of the row (0: text-only)
   examples/has_image      [example] bool  optional: whether the row has an image
+  examples/image_sha256   [example] str   optional: sha256 of the row's encoded images
+                          (data.example.images_sha256; "" for a text-only row)
   outputs/raw             [example, condition] str   greedy generated text
   outputs/answer          [example, condition] str   extracted answer ("" when none extracted)
   outputs/extracted       [example, condition] bool  whether an answer could be extracted
@@ -55,7 +57,12 @@ SCHEMA_VERSION = 2  # 2: every chunk (inner chunks of shards too) carries a crc3
 
 EXAMPLE_FIELDS = ("id", "benchmark", "category", "question", "gold", "options", "metadata")
 # Optional example columns for filtering (issue 16); stores written before them lack them.
-EXAMPLE_FILTERS = {"metric": TEXT, "n_images": "int64", "has_image": "bool"}
+EXAMPLE_FILTERS = {
+    "metric": TEXT,
+    "n_images": "int64",
+    "has_image": "bool",
+    "image_sha256": TEXT,
+}
 EX = "examples"
 OUT_RAW = "outputs/raw"
 OUT_ANSWER = "outputs/answer"

@@ -32,6 +32,7 @@ _COLUMNS = {
     "metric": "metric",
     "n_images": "n_images",
     "has_image": "has_image",
+    "image_sha256": "image_sha256",
 }
 
 
@@ -61,6 +62,8 @@ class ExampleTable:
     metric: tuple[str | None, ...] = ()
     n_images: tuple[int | None, ...] = ()
     has_image: tuple[bool | None, ...] = ()
+    # The row's image identity (data.example.images_sha256; "" text-only, None: not recorded).
+    image_sha256: tuple[str | None, ...] = ()
 
     @property
     def n(self) -> int:
@@ -152,13 +155,20 @@ def read_example_table(
         metric=filters["metric"],
         n_images=filters["n_images"],
         has_image=filters["has_image"],
+        image_sha256=filters["image_sha256"],
     )
 
 
 def _filter_columns(group: zarr.Group, n: int) -> dict[str, tuple[Any, ...]]:
-    """Return the optional metric, n_images and has_image columns (None where not written)."""
+    """Return the optional metric, n_images, has_image and image_sha256 columns (None where
+    not written)."""
     out: dict[str, tuple[Any, ...]] = {}
-    for name, kind in (("metric", str), ("n_images", int), ("has_image", bool)):
+    for name, kind in (
+        ("metric", str),
+        ("n_images", int),
+        ("has_image", bool),
+        ("image_sha256", str),
+    ):
         path = f"{schema.EX}/{name}"
         if path in group:
             out[name] = tuple(kind(v) for v in backend.read(backend.node(group, path)).tolist())
