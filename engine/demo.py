@@ -116,8 +116,26 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> DemoResult:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     size = _trained_size(config.model, config.size)
+    plant = planted_groups(config.model)
     examples = generate(
-        SynthConfig(n=config.n, seed=config.seed, size=size, prior_rate=config.prior_rate)
+        SynthConfig(
+            n=config.n,
+            seed=config.seed,
+            size=size,
+            prior_rate=config.prior_rate,
+            # A model with planted groups: the item mix it was trained on, the suppressed
+            # objects drawn in a uniform colour (so a probe of the drawn colour is balanced).
+            **(
+                {
+                    "templates": plant.templates,
+                    "suppressed": plant.suppressed,
+                    "not_retrieved": plant.not_retrieved,
+                    "suppressed_prior_rate": 1 / 8 if plant.suppressed else None,
+                }
+                if plant is not None
+                else {}
+            ),
+        )
     )
     dataset = write_tsv(examples, out / "heldout_synth.tsv")
     timings["generate"] = time.perf_counter() - start
@@ -157,6 +175,11 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> DemoResult:
     truth = planted_truth(opened, config.prior_rate)
     truth["diagnostics"] = diagnostics_truth(opened, config.model)
     sentences = truth_sentences(truth) + diagnostics_sentences(truth["diagnostics"])
+    if plant is not None:
+        t2 = time.perf_counter()
+        truth["planted"] = planted_truth_groups(opened, config)
+        sentences += planted_sentences(truth["planted"])
+        timings["planted probes"] = time.perf_counter() - t2
     grounded = export_grounded(opened, out / "grounded_subset.tsv").out
     report = write_report(
         opened,
@@ -335,6 +358,158 @@ def diagnostics_sentences(diag: dict[str, Any]) -> tuple[str, ...]:
         lines.append(
             f"Layer replacement (noising: total-obfuscation states into the clean run, colour "
             f"items, n={patch['n']}), mean normalised effect by layer; " + "; ".join(parts) + "."
+        )
+    return tuple(lines)
+
+
+def planted_groups(model: str) -> Any:
+    """Return the planted groups (training's ``PlantSpec``) ``model`` was trained with, or None
+    for a model without any (its ``training.json`` names none, or it has none)."""
+    from priorscope.engine.training.evaluate import plant_of
+
+    folder = _folder(model)
+    if not (folder / "training.json").is_file():
+        return None
+    plant = plant_of(folder)
+    return plant if plant.active else None
+
+
+PLANTED_PROBE_SITES = ("last", "image_mean")
+
+
+def _group_probe(store: Store, group: str, config: DemoConfig) -> dict[str, Any] | None:
+    """Return the gold-answer probe curves of one planted group (trained and tested on clean)."""
+    from priorscope.engine.probes import ProbeConfig, fit_probes
+
+    sub = store.where("planted", group)
+    n = int(sub.rows().size)
+    if n < 20:
+        return None
+    cfg = ProbeConfig(
+        targets=("gold",),
+        kinds=("logistic",),
+        sites=tuple(s for s in PLANTED_PROBE_SITES if s in store.reductions) or None,
+        train=("clean",),
+        test=("clean",),
+        min_class=max(2, n // 40),
+    )
+    out = results_path(store.path, f"probes_{group}")
+    shutil.rmtree(out, ignore_errors=True)  # a few seconds; never resume another subset's run
+    ds = fit_probes(sub, cfg, out).to_xarray()[["accuracy", "chance", "majority"]].load()
+    cell = ds.sel(target="gold", kind="logistic", train="clean", test="clean")
+    layers = [int(v) for v in ds["layer"].values]
+    curves = {
+        str(r): [float(x) for x in cell["accuracy"].sel(reduction=r).values]
+        for r in ds["reduction"].values
+    }
+    return {
+        "n": n,
+        "layers": ["embed" if v == -1 else f"resid.{v}" for v in layers],
+        "accuracy": curves,
+        "chance": float(np.nanmax(cell["chance"].values)),
+        "majority": float(np.nanmax(cell["majority"].values)),
+    }
+
+
+def planted_truth_groups(store: Store, config: DemoConfig) -> dict[str, Any]:
+    """Return, per planted group, what the model answers and where probes find the answer,
+    next to the figures of the model's card (its ``metrics.json``)."""
+    from priorscope.engine.analysis.decay import resolve_levels
+
+    card = _card(config.model)
+    table = store.examples()
+    lv = resolve_levels(table.conditions)
+    score = store.outputs("score").astype(np.float64)
+    answer = store.outputs("answer")
+    planted = np.array([m.get("planted", "") for m in table.metadata])
+    canonical = np.array([m.get("canonical", "") for m in table.metadata])
+    counter = np.array([m.get("counter_prior") == "1" for m in table.metadata])
+    out: dict[str, Any] = {}
+    for group in ("used", "suppressed", "not_retrieved"):
+        idx = np.flatnonzero(planted == group)
+        if idx.size == 0:
+            continue
+        golds = [table.gold[i][0] if table.gold[i] else "" for i in idx]
+        counts = {g: golds.count(g) for g in set(golds)}
+        entry: dict[str, Any] = {
+            "n": int(idx.size),
+            "clean_acc": float(score[idx, lv.clean].mean()),
+            "chance": 1.0 / max(1, len(counts)),
+            "majority_rate": max(counts.values()) / idx.size,
+        }
+        if lv.total is not None:
+            entry["total_acc"] = float(score[idx, lv.total].mean())
+        if group == "suppressed":
+            c = idx[counter[idx]]
+            entry["counter_prior_n"] = int(c.size)
+            entry["counter_clean_canonical_rate"] = _rate(answer[c, lv.clean] == canonical[c])
+        entry["probe"] = _group_probe(store, group, config)
+        entry["card_probe"] = (card.get("probes") or {}).get(group, {}).get("probe")
+        out[group] = entry
+    return out
+
+
+def _curve_text(curve: list[float], layers: list[str]) -> str:
+    best = int(np.nanargmax(curve))
+    return f"{_pct(curve[best])} at {layers[best]}, {_pct(curve[-1])} at {layers[-1]}"
+
+
+def planted_sentences(planted: dict[str, Any]) -> tuple[str, ...]:
+    """Return one sentence per planted group: what was planted, what the diagnostics found."""
+    lines = []
+    s = planted.get("suppressed")
+    if s:
+        probe, card = s.get("probe"), (s.get("card_probe") or {}).get("last", {})
+        found = (
+            ""
+            if probe is None
+            else " A linear probe reads the drawn colour from `last` at "
+            + _curve_text(probe["accuracy"]["last"], probe["layers"])
+            + (
+                f" (card: {_pct(max(card.values()))} at best, {_pct(card.get('resid.7'))} at "
+                "resid.7)"
+                if card
+                else ""
+            )
+            + ": decodable in the middle layers, then suppressed."
+        )
+        lines.append(
+            f"planted suppressed items (n={s['n']}, the answer is always the canonical colour): "
+            f"{_pct(s['counter_clean_canonical_rate'])} of the counter-prior ones answered "
+            f"canonical on the clean image (planted: all).{found}"
+        )
+    nr = planted.get("not_retrieved")
+    if nr:
+        probe, card = nr.get("probe"), nr.get("card_probe") or {}
+        found = ""
+        if probe is not None:
+            last, image = probe["accuracy"].get("last"), probe["accuracy"].get("image_mean")
+            found = (
+                f" Probes: `last` at most {_pct(float(np.nanmax(last)))} over layers (chance "
+                f"{_pct(probe['chance'])}, majority {_pct(probe['majority'])}"
+                + (
+                    f"; card: at most {_pct(max(card['last'].values()))}"
+                    if card.get("last")
+                    else ""
+                )
+                + ")"
+                + (
+                    f", `image_mean` {_pct(float(np.nanmax(image)))} at best: in the image "
+                    "tokens, never moved to the answer."
+                    if image is not None
+                    else "."
+                )
+            )
+        lines.append(
+            f"planted not-retrieved items (n={nr['n']}, colour of a lone small shape): "
+            f"{_pct(nr['clean_acc'])} right on the clean image (planted: chance, "
+            f"{_pct(nr['chance'])}).{found}"
+        )
+    u = planted.get("used")
+    if u:
+        lines.append(
+            f"planted used items (n={u['n']}): {_pct(u['clean_acc'])} right on the clean image, "
+            f"{_pct(u.get('total_acc'))} under total obfuscation (planted: the image decides)."
         )
     return tuple(lines)
 

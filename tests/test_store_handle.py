@@ -119,6 +119,29 @@ def test_example_table_columns_and_metadata(built) -> None:
         table.column("templat")
 
 
+def test_select_and_where_show_a_subset_to_every_read(built) -> None:
+    from priorscope.engine.analysis import DecayConfig, compute_decay
+    from priorscope.engine.errors import UsageError
+
+    store = open_store(built.path)
+    visible = store.rows()
+    colour = store.where("template", "color")
+    rows = colour.rows()
+    assert rows.tolist() == [r for r in visible if r % 3 == 0] and rows.size > 0
+    table = colour.examples()
+    assert set(table.column("template").tolist()) == {"color"}
+    assert np.array_equal(colour.hidden(), built.hidden[rows])
+    assert np.array_equal(np.asarray(colour.hidden_dask().compute()), built.hidden[rows])
+    assert colour.outputs("score").tolist() == built.score[rows].tolist()
+    # An analysis given the subset sees only it.
+    assert compute_decay(colour, DecayConfig(n_boot=20)).groups[0].n == rows.size
+    # Selecting uncommitted rows never reveals them; out-of-range rows are refused.
+    hidden_row = int(np.flatnonzero(~built.committed)[0])
+    assert store.select([hidden_row, int(visible[0])]).rows().tolist() == [int(visible[0])]
+    with pytest.raises(UsageError, match="store rows between 0"):
+        store.select([built.layout.n_examples])
+
+
 def test_final_norm_and_unembed_match_the_model_modules(built) -> None:
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 

@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 
 from priorscope.engine.conditions import Condition
-from priorscope.engine.errors import StoreError, did_you_mean
+from priorscope.engine.errors import StoreError, UsageError, did_you_mean
 from priorscope.engine.store import backend, chunks, schema, skips
 from priorscope.engine.store.checks import parse_conditions, structure_problems
 from priorscope.engine.store.dtypes import BF16_ATTR, decode
@@ -193,6 +193,31 @@ class Store:
         frozen = copy.copy(self)
         frozen._mask = self.committed()
         return frozen
+
+    def select(self, rows: Any) -> Store:
+        """Return a frozen handle (as :meth:`snapshot`) that shows only ``rows`` (store indices)
+        of the examples visible now: every analysis given it (decay, report, probes, patching,
+        lens) reads those examples alone. Rows that are not visible stay invisible."""
+        picked = np.asarray(rows, dtype=np.int64).reshape(-1)
+        bad = picked[(picked < 0) | (picked >= self.n_examples)]
+        if bad.size:
+            raise UsageError(
+                f"Expected store rows between 0 and {self.n_examples - 1} of {self.path!r}. Got "
+                f"{bad[:5].tolist()} instead."
+            )
+        frozen = self.snapshot()
+        keep = np.zeros(self.n_examples, dtype=bool)
+        keep[picked] = True
+        frozen._mask = frozen.committed() & keep
+        return frozen
+
+    def where(self, column: str, value: Any) -> Store:
+        """Return :meth:`select` of the visible examples whose ``column`` (a table field or a
+        metadata key, as ``examples().column``) equals ``value``, e.g. ``where("template",
+        "color")``."""
+        table = self.examples()
+        values = table.column(column)
+        return self.select(table.rows[[v == value for v in values]])
 
     def is_complete(self) -> bool:
         return bool(self.committed().all())
