@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import time
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -135,23 +137,32 @@ def _run_shards(
     writer = ShardWriter(group, layout, todo, max_pending=cfg.max_pending)
     torch.manual_seed(0)
     t0 = time.perf_counter()
+    work = []  # (shard, batch number in the shard, batches in the shard, store indices)
+    for shard in todo:
+        batches = batches_of_shard(
+            plan.order, plan.examples, *layout.shard_range(shard), cfg.batch_size
+        )
+        work += [(shard, i, len(batches), batch) for i, batch in enumerate(batches)]
+    prefetch = Prefetcher(job, [batch for *_, batch in work], depth=PREFETCH_BATCHES)
     with CaptureProgress(n_todo, enabled=cfg.progress) as progress, recording(job.recorder):
         try:
-            for shard in todo:
+            reasons: list[str] = []
+            for shard, i, n, batch in work:
                 start, stop = layout.shard_range(shard)
-                reasons = [""] * (stop - start)  # why each example of the shard was skipped
-                batches = batches_of_shard(plan.order, plan.examples, start, stop, cfg.batch_size)
-                for i, batch in enumerate(batches):
-                    parts = _batch_rows(job, batch, reasons, start)
-                    if i == len(batches) - 1 and job.skip_marks:
-                        # Before the shard's last rows reach the writer, hence before its commit.
-                        write_skip_marks(group, start, reasons)
-                    for rows in parts:
-                        writer.put(rows)
-                    progress.advance(len(batch), job.tokens, writer.bytes_written)
+                if i == 0:
+                    reasons = [""] * (stop - start)  # why each example of the shard was skipped
+                parts = _batch_rows(job, batch, reasons, start, prefetch.take())
+                if i == n - 1 and job.skip_marks:
+                    # Before the shard's last rows reach the writer, hence before its commit.
+                    write_skip_marks(group, start, reasons)
+                for rows in parts:
+                    writer.put(rows)
+                progress.advance(len(batch), job.tokens, writer.bytes_written)
         except BaseException:
+            prefetch.close()
             writer.abort()  # keep the original error; finished shards stay committed
             raise
+        prefetch.close()
         writer.close()
         progress.advance(0, job.tokens, writer.bytes_written)
     skipped = f", {job.skipped} skipped (--on-bad skip)" if job.skipped else ""
@@ -219,8 +230,17 @@ INPUT_ERRORS = (DataError, KernelError, ValueError)
 ALL_BAD_LIMIT = 16  # this many examples skipped and none captured: not the data's fault
 
 
-def _batch_rows(job: _Job, batch: list[int], reasons: list[str], start: int) -> list[BatchRows]:
+def _batch_rows(
+    job: _Job,
+    batch: list[int],
+    reasons: list[str],
+    start: int,
+    prepared: Prepared | BaseException | None = None,
+) -> list[BatchRows]:
     """Return the rows of ``batch``: one BatchRows, or the usable and the skipped ones.
+
+    ``prepared`` is the batch's model inputs made ahead by the :class:`Prefetcher` (or the
+    error making them raised; None: make them here).
 
     When the batch fails on its inputs, each example is tried alone to find the culprits.
     Under ``on_bad == 'error'`` the first is named in a DataError that says how to go on;
@@ -228,7 +248,7 @@ def _batch_rows(job: _Job, batch: list[int], reasons: list[str], start: int) -> 
     """
     job.tried += len(batch)
     try:
-        return [run_batch(job, batch)]
+        return [run_batch(job, batch, prepared)]
     except INPUT_ERRORS as exc:
         bad = _bad_examples(job, batch)
         if not bad:
@@ -358,33 +378,116 @@ def _disk_full(cfg: CaptureConfig, group: zarr.Group | None, exc: OSError) -> St
     return err
 
 
-def run_batch(job: _Job, indices: Sequence[int]) -> BatchRows:
+@dataclass
+class Prepared:
+    """The model inputs of one batch: per group of conditions, the encoded batch and its kinds.
+
+    Everything before the model runs (image decode, blur ladder, processor, token kinds), so
+    that a :class:`Prefetcher` can make it for the next batch while this one is on the model.
+    """
+
+    indices: list[int]
+    examples: list[Any]
+    groups: list[tuple[list[int], dict[str, torch.Tensor], torch.Tensor]]
+
+
+def prepare_batch(job: _Job, indices: Sequence[int]) -> Prepared:
+    """Return the model inputs of a batch (store indices, same image size), every condition.
+
+    'none' rows have no image tokens (a processor cannot mix them with image rows), so the
+    conditions form at most two groups, each encoded as one condition-major batch.
+    """
+    examples = [job.plan.example_at(i) for i in indices]
+    images = condition_images(examples, job.conditions, job.adapter.device)
+    names = [cond.name for cond in job.conditions]
+    groups = [
+        [ci for ci, cond in enumerate(job.conditions) if (cond.kind == "none") == is_none]
+        for is_none in (False, True)
+    ]
+    encoded = []
+    for group in (g for g in groups if g):
+        flat_images = [img for ci in group for img in images[names[ci]]]
+        batch = job.adapter.encode(examples * len(group), flat_images)
+        kinds = job.adapter.token_kinds(batch).to(job.adapter.device)
+        encoded.append((group, batch, kinds))
+    return Prepared(list(indices), examples, encoded)
+
+
+# Batches prepared ahead of the one on the model: one is enough to hide preparation that is
+# shorter than the model's share, and bounds the memory held to one batch's inputs.
+PREFETCH_BATCHES = 1
+
+
+class Prefetcher:
+    """Prepare batches in order on one background thread, at most ``depth`` ahead of use.
+
+    :meth:`take` returns the next batch's :class:`Prepared`, or the exception preparing it
+    raised (the caller re-raises it where the batch runs, so the on-bad handling is the same
+    as without prefetching). With ``depth == 0`` nothing is prepared ahead (take returns None).
+    """
+
+    def __init__(self, job: _Job, batches: Sequence[Sequence[int]], *, depth: int) -> None:
+        self._job = job
+        self._todo = [list(b) for b in batches]
+        self._next = 0
+        self._depth = depth
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="priorscope-prep") if depth else None
+        self._pending: deque[Future[Prepared]] = deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        if self._pool is None:
+            return
+        while len(self._pending) < self._depth and self._next < len(self._todo):
+            self._pending.append(
+                self._pool.submit(prepare_batch, self._job, self._todo[self._next])
+            )
+            self._next += 1
+
+    def take(self) -> Prepared | BaseException | None:
+        """Return the next batch's inputs (or its error); start preparing the one after it."""
+        if not self._pending:
+            return None
+        future = self._pending.popleft()
+        self._fill()  # the worker goes on to the next batch while this one is on the model
+        try:
+            return future.result()
+        except Exception as exc:  # re-raised by run_batch, on the model loop's thread
+            return exc
+
+    def close(self) -> None:
+        """Drop what is not started and wait for the batch in progress (at most one)."""
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_batch(
+    job: _Job, indices: Sequence[int], prepared: Prepared | BaseException | None = None
+) -> BatchRows:
     """Return the rows of one batch (store indices, same image size) for every condition.
 
     Every condition of the batch runs in one forward: the condition rows share the text and,
     blur keeping the image size, the token layout, so stacking them (condition-major) leaves
     each row's padding as it is and pays the per-call cost of ``generate`` once, not per
-    condition.
+    condition. ``prepared`` is the batch's inputs made ahead (or the error making them raised).
     """
     from priorscope.engine.data import scoring
 
-    examples = [job.plan.example_at(i) for i in indices]
-    images = condition_images(examples, job.conditions, job.adapter.device)
+    if isinstance(prepared, BaseException):
+        raise prepared
+    if prepared is None or prepared.indices != list(indices):
+        prepared = prepare_batch(job, indices)
+    examples = prepared.examples
     names = [cond.name for cond in job.conditions]
     b, c = len(indices), len(names)
     full_rows: dict[int, dict[str, Any]] = {}
-    # 'none' rows have no image tokens: a processor cannot mix them with image rows.
-    groups = [
-        [ci for ci, cond in enumerate(job.conditions) if (cond.kind == "none") == is_none]
-        for is_none in (False, True)
-    ]
     texts, parts, logit_parts, batches = [""] * (b * c), [], [], []
     order: list[int] = []
-    for group in (g for g in groups if g):
-        flat_images = [img for ci in group for img in images[names[ci]]]
-        got, reduced, logits, batch = _forward(
-            job, indices, group, examples * len(group), flat_images, full_rows
-        )
+    for group, batch, kinds in prepared.groups:
+        got, reduced, logits = _forward(job, indices, group, batch, kinds, full_rows)
         for k, ci in enumerate(group):
             texts[ci * b : (ci + 1) * b] = got[k * b : (k + 1) * b]
         parts.append(reduced)
@@ -499,20 +602,18 @@ def _forward(
     job: _Job,
     indices: Sequence[int],
     group: Sequence[int],
-    examples: Sequence[Any],
-    images: Sequence[Any],
+    batch: dict[str, torch.Tensor],
+    kinds: torch.Tensor,
     full_rows: dict[int, dict[str, Any]],
-) -> tuple[list[str], torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Run conditions ``group`` in one condition-major batch (row ``k * b + r`` is condition
-    ``group[k]`` of example r).
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Run conditions ``group`` in one condition-major encoded batch (row ``k * b + r`` is
+    condition ``group[k]`` of example r; ``kinds`` its token kinds).
 
     Return (answers, reductions [rows, layer, reduction, d_model], answer-position logits
-    [rows, V], the encoded batch).
+    [rows, V]).
     """
     adapter, rec, fs = job.adapter, job.recorder, job.layout.fullseq
     b = len(indices)
-    batch = adapter.encode(examples, images)
-    kinds = adapter.token_kinds(batch).to(adapter.device)
     wanted = [
         (k * b + row, i, job.conditions[ci].name)
         for k, ci in enumerate(group)
@@ -534,7 +635,7 @@ def _forward(
         _collect_full(job, wanted, batch, kinds, full_rows)
     reduced, logits = rec.reduced, rec.logits
     rec.disarm()
-    return texts, reduced, logits, batch
+    return texts, reduced, logits
 
 
 def _collect_full(

@@ -9,6 +9,7 @@ for every family so that results are comparable across models.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -83,6 +84,10 @@ class HFAdapter(VLMAdapter):
             processor.chat_template = self.default_chat_template
         self._lm = self._find_language_model()
         self._layout: dict[str, Any] | None = None
+        # A fast tokenizer refuses concurrent use ("Already borrowed") when one call changes
+        # its padding settings: capture encodes the next batch on a background thread while
+        # this one decodes its answers.
+        self.tokenizer_lock = threading.RLock()
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -262,12 +267,17 @@ class HFAdapter(VLMAdapter):
         if all(with_image) and images:
             # One flat list: the processor fills the placeholders of all rows in order.
             kwargs["images"] = [img for row in rows for img in row]
-        batch = self.processor(**kwargs)
+        with self.tokenizer_lock:
+            batch = self.processor(**kwargs)
         return {k: v.to(self.device) for k, v in batch.items() if hasattr(v, "to")}
 
     # -- token positions -----------------------------------------------------------------------
     def _template_layout(self) -> dict[str, Any]:
         """Return token-id pieces of the template around the user text (computed once)."""
+        with self.tokenizer_lock:
+            return self._make_template_layout()
+
+    def _make_template_layout(self) -> dict[str, Any]:
         if self._layout is None:
             tok = self.tokenizer
             layout: dict[str, Any] = {}
@@ -302,15 +312,20 @@ class HFAdapter(VLMAdapter):
         layout = self._template_layout()
         kinds = torch.full(ids.shape, TOKEN_SPECIAL, dtype=torch.int8)
         kinds[mask == 0] = TOKEN_PAD
-        is_image = ids == self.image_token_id
-        kinds[is_image] = TOKEN_IMAGE
-        for row in range(ids.shape[0]):
-            row_ids = ids[row].tolist()
-            valid = [i for i, m in enumerate(mask[row].tolist()) if m]
+        image_id = self.image_token_id
+        kinds[ids == image_id] = TOKEN_IMAGE
+        done: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+        for row, (row_ids, row_mask) in enumerate(zip(ids.tolist(), mask.tolist(), strict=True)):
+            key = (tuple(row_ids), tuple(row_mask))
+            if key in done:  # the same prompt under another condition: the same kinds
+                kinds[row] = kinds[done[key]]
+                continue
+            done[key] = row
+            valid = [i for i, m in enumerate(row_mask) if m]
             if not valid:
                 continue
             first, end = valid[0], valid[-1] + 1
-            image_pos = [i for i in valid if is_image[row, i]]
+            image_pos = [i for i in valid if row_ids[i] == image_id]
             if image_pos:
                 start = image_pos[-1] + 1 + layout["head1"]
             else:
@@ -355,7 +370,8 @@ class HFAdapter(VLMAdapter):
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         new = out[:, batch["input_ids"].shape[1] :]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        with self.tokenizer_lock:
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [t.strip() for t in texts]
 
     def weights_sha256(self) -> str:
