@@ -75,7 +75,9 @@ def test_distributed_cluster_equals_in_memory(big_store) -> None:
         threads_per_worker=2,
         processes=False,
         dashboard_address=None,
-        memory_limit="1GiB",
+        # An in-process worker measures the whole test process: any limit would pause it (and
+        # hang the compute) once the suite has grown the process past 80% of the limit.
+        memory_limit=0,
     ) as cluster:
         cfg = D.DecayConfig(n_boot=60, chunk_rows=CHUNK, scheduler=cluster.scheduler_address)
         lazy = D.compute_decay(big_store, cfg)
