@@ -11,6 +11,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _cuda_available_now() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+# Without a GPU, Triton kernels run in its interpreter. Triton fixes that choice when it is first
+# imported, and loading a transformers model imports it: decide before any test imports anything.
+# (Dropping triton from sys.modules later to re-import it re-initialises its C extension, which
+# aborts the process.)
+if not _cuda_available_now():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def _cuda_available() -> bool:
     try:
         import torch

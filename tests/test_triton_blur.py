@@ -42,7 +42,10 @@ def fused() -> Iterator[ModuleType]:
         os.environ["TRITON_INTERPRET"] = "1"
         # triton decides at import whether its own helpers (tl.zeros, ...) are interpreted: drop
         # a copy imported without the interpreter (nothing on the CPU path imports it).
-        for name in [m for m in sys.modules if m.split(".")[0] == "triton"]:
+        # Its C extension stays loaded: importing that twice aborts the process.
+        for name in [
+            m for m in sys.modules if m.split(".")[0] == "triton" and not m.startswith("triton._C")
+        ]:
             del sys.modules[name]
         sys.modules.pop("priorscope.kernels.triton_blur", None)
     try:
