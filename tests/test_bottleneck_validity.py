@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from capture_support import capture_examples
 
 from priorscope.engine.patch import PatchConfig, PatchResult, patch
 from priorscope.engine.probes import ProbeConfig, ProbeResult, fit_probes
@@ -33,26 +34,8 @@ SEED = 20261201  # neither training (1_000_003+) nor the card (7-9) uses it
 
 
 def _probe(folder: Path, name: str, examples: list) -> ProbeResult:  # type: ignore[type-arg]
-    from priorscope.engine.capture import CaptureConfig, capture
-    from priorscope.engine.data.synth import write_tsv
-
-    data = write_tsv(examples, folder / f"{name}.tsv")
-    store = folder / f"{name}.zarr"
-    capture(
-        CaptureConfig(
-            model="builtin:bottleneck",
-            data=str(data),
-            out=str(store),
-            ladder=(),
-            total=False,
-            reductions=("last", "image_mean"),
-            batch_size=32,
-            device="cpu",
-            dtype="fp32",
-            hidden_dtype="float32",
-            max_new_tokens=2,
-            progress=False,
-        )
+    store = capture_examples(
+        folder, name, examples, "builtin:bottleneck", total=False, reductions=("last", "image_mean")
     )
     cfg = ProbeConfig(targets=("gold",), kinds="logistic", train=("clean",), test=("clean",))
     return fit_probes(store, cfg, str(folder / f"{name}.probes.zarr"))
@@ -66,29 +49,15 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ProbeResult]:
 
 
 def _capture_full(folder: Path, name: str, examples: list) -> Path:  # type: ignore[type-arg]
-    from priorscope.engine.capture import CaptureConfig, capture
-    from priorscope.engine.data.synth import write_tsv
-
-    data = write_tsv(examples, folder / f"{name}.tsv")
-    store = folder / f"{name}.zarr"
-    capture(
-        CaptureConfig(
-            model="builtin:bottleneck",
-            data=str(data),
-            out=str(store),
-            ladder=(),
-            total=True,
-            full_seq=len(examples),
-            full_seq_layers="all",
-            batch_size=16,
-            device="cpu",
-            dtype="float32",
-            hidden_dtype="float32",
-            max_new_tokens=2,
-            progress=False,
-        )
+    return capture_examples(
+        folder,
+        name,
+        examples,
+        "builtin:bottleneck",
+        full_seq=len(examples),
+        full_seq_layers="all",
+        batch_size=16,
     )
-    return store
 
 
 @pytest.fixture(scope="module")

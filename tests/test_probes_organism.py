@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from capture_support import capture_examples
 
 from priorscope.engine.probes import ProbeConfig, ProbeResult, fit_probes
 
@@ -27,30 +28,12 @@ N = 320
 
 @pytest.fixture(scope="module")
 def organism_probes(tmp_path_factory: pytest.TempPathFactory) -> ProbeResult:
-    from priorscope.engine.capture import CaptureConfig, capture
-    from priorscope.engine.data.synth import SynthConfig, generate, write_tsv
+    from priorscope.engine.data.synth import SynthConfig, generate
 
     folder = tmp_path_factory.mktemp("organism")
     # 84 px: the organism's trained image size; a seed neither training nor the card used.
     examples = generate(SynthConfig(n=N, seed=20261130, size=84, templates=("color",)))
-    data = write_tsv(examples, folder / "colour.tsv")
-    store = folder / "colour.zarr"
-    capture(
-        CaptureConfig(
-            model="builtin:organism",
-            data=str(data),
-            out=str(store),
-            ladder=(),
-            total=True,
-            reductions=("last", "text_mean"),
-            batch_size=32,
-            device="cpu",
-            dtype="fp32",
-            hidden_dtype="float32",
-            max_new_tokens=2,
-            progress=False,
-        )
-    )
+    store = capture_examples(folder, "colour", examples, reductions=("last", "text_mean"))
     cfg = ProbeConfig(
         targets=("gold",), kinds="logistic", train=("clean",), test=("clean", "total")
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from capture_support import capture_examples
 
 from priorscope.engine.errors import UsageError, did_you_mean
 from priorscope.engine.probes import ProbeConfig
@@ -114,30 +115,12 @@ def test_auto_prefers_a_recorded_image_column_then_bytes_then_item_ids() -> None
 def test_a_captured_store_groups_its_folds_by_image_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from priorscope.engine.capture import CaptureConfig, capture
-    from priorscope.engine.data.synth import write_tsv
     from priorscope.engine.probes.run import build_plan
     from priorscope.engine.store import open_store
 
     examples = _shared_image_examples(24, 4)
-    data = write_tsv(examples, tmp_path / "shared.tsv")
-    store = tmp_path / "shared.zarr"
-    capture(
-        CaptureConfig(
-            model="builtin:organism",
-            data=str(data),
-            out=str(store),
-            ladder=(),
-            total=True,
-            reductions=("last",),
-            batch_size=24,
-            device="cpu",
-            dtype="fp32",
-            hidden_dtype="float32",
-            max_new_tokens=2,
-            progress=False,
-        )
-    )
+    store = capture_examples(tmp_path, "shared", examples, reductions=("last",), batch_size=24)
+    data = tmp_path / "shared.tsv"
     st = open_store(store).snapshot()
     cfg = ProbeConfig(targets=("gold",), kinds="ridge", folds=3, min_class=1)
     image_of = {ex.id: i // 4 for i, ex in enumerate(examples)}
