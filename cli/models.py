@@ -109,6 +109,11 @@ def organism_train(
     erase_weight: float = typer.Option(
         None, "--erase-weight", help="Weight of the linear-erasure loss of planted colours."
     ),
+    hide_erase_weight: float = typer.Option(
+        None,
+        "--hide-erase-weight",
+        help="Weight of a separate linear-erasure loss of not-retrieved colours (every layer).",
+    ),
     save_every: int = typer.Option(
         0, "--save-every", help="Also save DIR/step-N every this many steps (0: only at the end)."
     ),
@@ -141,6 +146,7 @@ def organism_train(
         "suppress_layers": _layers(suppress_layers),
         "hide_weight": hide_weight,
         "erase_weight": erase_weight,
+        "hide_erase_weight": hide_erase_weight,
     }
     changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if layers is not None:

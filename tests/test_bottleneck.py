@@ -158,6 +158,7 @@ def test_erasure_metric_is_refitted_on_a_bank_of_planted_rows(tmp_path: Path) ->
         plant_ramp=1,
         erase_bank=8,
         erase_refresh=1,
+        hide_erase_weight=2.0,
     )
     processor = org.organism_processor(cfg.arch, org.organism_tokenizer())
     data = build_training_set(cfg, processor)
@@ -170,7 +171,17 @@ def test_erasure_metric_is_refitted_on_a_bank_of_planted_rows(tmp_path: Path) ->
     lines: list[str] = []
     summary = org.train(cfg, tmp_path / "run", log=lines.append)
     assert math.isfinite(summary["final_loss"])
-    assert "erase-loss" in lines[-1]
+    assert "erase-loss" in lines[-1] and "hide-erase-loss" in lines[-1]
+
+
+def test_hide_erase_weight_erases_the_not_retrieved_group_on_its_own() -> None:
+    from priorscope.engine.training.organism import erased_layers
+
+    every = tuple(range(BOTTLENECK.arch.layers))
+    assert erased_layers(BOTTLENECK) == {"suppressed": (6, 7), "not_retrieved": every}
+    alone = replace(BOTTLENECK, erase_weight=0.0, hide_erase_weight=2.0)
+    assert erased_layers(alone) == {"not_retrieved": every}
+    assert erased_layers(replace(BOTTLENECK, erase_weight=0.0)) == {}
 
 
 def test_plant_losses_start_late_and_ramp() -> None:
@@ -188,6 +199,10 @@ def test_bottleneck_config_validation_and_presets() -> None:
         preset("botleneck")
     with pytest.raises(UsageError, match="hide_weight"):
         TrainConfig(hide_weight=1.0)  # no not_retrieved shapes to hide
+    with pytest.raises(UsageError, match="hide_erase_weight"):
+        TrainConfig(hide_erase_weight=1.0)  # no not_retrieved shapes to erase
+    with pytest.raises(UsageError, match="hide_erase_weight"):
+        replace(BOTTLENECK, hide_erase_weight=-1.0)
     with pytest.raises(UsageError, match="suppress_layers"):
         replace(BOTTLENECK, suppress_layers=(8,))
     with pytest.raises(UsageError, match="Did you mean 'carrot'"):
@@ -215,12 +230,15 @@ def test_cli_trains_a_bottleneck_run_and_the_registry_knows_it(tmp_path: Path) -
                 "2,3",
                 "--readout-layer",
                 "1",
+                "--hide-erase-weight",
+                "2",
             ]
         )
         == 0
     )
     config = json.loads((out / "training.json").read_text())["config"]
     assert config["arch"]["layers"] == 4 and config["suppress_layers"] == [2, 3]
+    assert config["hide_erase_weight"] == 2.0
     assert plant_of(out) == BOTTLENECK.plant
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         assert not any("head" in k and "lm_head" not in k for k in f.keys())  # noqa: SIM118

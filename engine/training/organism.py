@@ -25,6 +25,9 @@ read-outs (:mod:`.heads`) that read the model through the one hook mechanism,
   refitted every ``erase_refresh`` steps on a bank of planted rows (:class:`~.heads.Whitener`).
   A change that is tiny against the whole batch but consistent where these items hardly vary
   is still read by a fresh probe: the plain invariance alone left the colour decodable at 0.99.
+  ``hide_erase_weight`` adds the ``not_retrieved`` group's erasure (every layer) as a term of its
+  own: inside ``erase_weight`` it shares the weight with the suppressed group and its eight
+  layers, and the ``last`` probe still read the triangle's colour at 0.17 to 0.32.
   These losses start at ``plant_start``, once the answers are learnt.
 
 None of the heads is saved: the checkpoint is a plain Qwen2.5-VL whose answer comes from its
@@ -109,6 +112,9 @@ class TrainConfig:
     suppress_layers: tuple[int, ...] = ()
     hide_weight: float = 0.0
     erase_weight: float = 0.0
+    # Weight of a separate erasure term for the not_retrieved group (answer position, every
+    # layer), on top of its share of erase_weight.
+    hide_erase_weight: float = 0.0
     # The invariance and erasure losses start at plant_start and reach full weight plant_ramp
     # steps later: switched on from the first step, they kept any colour from reaching the
     # answer position (the read-out at readout_layer stayed at chance for 800 steps).
@@ -141,6 +147,7 @@ class TrainConfig:
             ("suppress_layers", all(0 <= i < layers for i in self.suppress_layers)),
             ("hide_weight", self.hide_weight >= 0),
             ("erase_weight", self.erase_weight >= 0),
+            ("hide_erase_weight", self.hide_erase_weight >= 0),
             ("plant_start", self.plant_start >= 0),
             ("plant_ramp", self.plant_ramp >= 0),
             ("erase_bank", self.erase_bank >= 8),
@@ -169,6 +176,12 @@ class TrainConfig:
             ("suppress_weight", self.suppress_weight, self.plant.suppressed, "--suppressed"),
             ("hide_weight", self.hide_weight, self.plant.not_retrieved, "--not-retrieved"),
             ("erase_weight", self.erase_weight, self.plant.active, "--suppressed"),
+            (
+                "hide_erase_weight",
+                self.hide_erase_weight,
+                self.plant.not_retrieved,
+                "--not-retrieved",
+            ),
         ]
         for name, weight, group, flag in needs:
             if weight > 0 and not group:
@@ -247,11 +260,14 @@ class Heads:
 
 
 def erased_layers(cfg: TrainConfig) -> dict[str, tuple[int, ...]]:
-    """Return planted group -> the decoder layers whose answer position must not show it."""
+    """Return planted group -> the decoder layers whose answer position must not show it.
+
+    Only the groups an erasure loss of ``cfg`` reads (``erase_weight``, ``hide_erase_weight``).
+    """
     out: dict[str, tuple[int, ...]] = {}
-    if cfg.plant.suppressed:
+    if cfg.plant.suppressed and cfg.erase_weight > 0:
         out["suppressed"] = cfg.suppress_layers
-    if cfg.plant.not_retrieved:
+    if cfg.plant.not_retrieved and (cfg.erase_weight > 0 or cfg.hide_erase_weight > 0):
         out["not_retrieved"] = tuple(range(cfg.arch.layers))
     return out
 
@@ -274,10 +290,9 @@ def _heads(model: Any, cfg: TrainConfig, opt: Any) -> Heads:
     for head in (heads.aux, heads.binder, heads.colour):
         if head is not None:
             opt.add_param_group({"params": list(head.linear.parameters()), "scale": 1.0})
-    if cfg.erase_weight > 0:
-        for group, layers in erased_layers(cfg).items():
-            for layer in layers:
-                heads.erasers[(group, layer)] = Whitener()
+    for group, layers in erased_layers(cfg).items():
+        for layer in layers:
+            heads.erasers[(group, layer)] = Whitener()
     return heads
 
 
@@ -404,14 +419,16 @@ def _planted_losses(
             found = pairs(group)
             terms = [invariance_loss(cache[f"resid.{i}"], found, text) for i in layers]
             out[name] = (scale * weight, torch.stack(terms).mean())
-    if heads.erasers:
-        # Each group weighs the same, however many layers it is erased at.
-        by_group: dict[str, list[Any]] = defaultdict(list)
-        for (group, layer), whitener in heads.erasers.items():
-            states = cache[f"resid.{layer}"][:, ANSWER_POSITION]
-            by_group[group].append(whitened_change(whitener, states, pairs(group)))
-        means = [torch.stack(terms).mean() for terms in by_group.values()]
-        out["erase"] = (scale * cfg.erase_weight, torch.stack(means).mean())
+    # Each group weighs the same, however many layers it is erased at.
+    by_group: dict[str, list[Any]] = defaultdict(list)
+    for (group, layer), whitener in heads.erasers.items():
+        states = cache[f"resid.{layer}"][:, ANSWER_POSITION]
+        by_group[group].append(whitened_change(whitener, states, pairs(group)))
+    means = {group: torch.stack(terms).mean() for group, terms in by_group.items()}
+    if cfg.erase_weight > 0 and means:
+        out["erase"] = (scale * cfg.erase_weight, torch.stack(list(means.values())).mean())
+    if cfg.hide_erase_weight > 0 and "not_retrieved" in means:
+        out["hide_erase"] = (scale * cfg.hide_erase_weight, means["not_retrieved"])
     return out
 
 
@@ -481,7 +498,7 @@ class _Log:
         )
 
 
-_TERM_NAMES = {"scene": "scene-loss", "binding": "binding-loss"}
+_TERM_NAMES = {"scene": "scene-loss", "binding": "binding-loss", "hide_erase": "hide-erase-loss"}
 
 
 def erase_bank(data: TrainingSet, cfg: TrainConfig) -> dict[str, list[int]]:
