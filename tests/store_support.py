@@ -160,3 +160,46 @@ def synth_answer_store(
         attrs={"dataset": dataset, **(attrs or {})},
         chunk_rows=chunk_rows,
     )
+
+
+# Provenance of the invocation itself (time, --out, option spelling) may differ between runs.
+INVOCATION_ATTRS = frozenset({"created", "capture_options"})
+
+
+def store_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Return every array of the store at ``path`` by its path inside the store."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    return {
+        name: np.asarray(arr[...])
+        for name, arr in group.members(max_depth=None)
+        if isinstance(arr, zarr.Array)
+    }
+
+
+def assert_stores_bitwise_equal(a: str | Path, b: str | Path) -> None:
+    """Assert every array of two stores bitwise equal (floats compared as their bits, so NaN
+    payloads and -0.0 count) and their attributes equal but for the invocation's own."""
+    import json
+
+    import zarr
+
+    left, right = store_arrays(a), store_arrays(b)
+    assert sorted(left) == sorted(right)
+    for name, x in left.items():
+        y = right[name]
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        if x.dtype.kind == "f":
+            assert np.array_equal(x.view(f"u{x.itemsize}"), y.view(f"u{y.itemsize}")), name
+        else:
+            assert np.array_equal(x, y), name
+    attrs = [
+        {
+            k: v
+            for k, v in zarr.open_group(str(p), mode="r").attrs.items()
+            if k not in INVOCATION_ATTRS
+        }
+        for p in (a, b)
+    ]
+    assert json.dumps(attrs[0], sort_keys=True) == json.dumps(attrs[1], sort_keys=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import signal
@@ -14,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import zarr
+from store_support import assert_stores_bitwise_equal
 from test_capture import write_bench  # tests/ is on sys.path (rootdir-relative imports)
 
 from priorscope.engine.capture import CaptureConfig, capture
@@ -96,32 +95,6 @@ def finish(proc: multiprocessing.Process, timeout: float = 120) -> None:
         pytest.fail(f"capture child {proc.pid} did not finish within {timeout} s")
 
 
-def all_arrays(path: Path) -> dict[str, np.ndarray]:
-    group = open_store(path).group
-    out = {}
-    for name, arr in group.members(max_depth=None):
-        if isinstance(arr, zarr.Array):
-            out[name] = np.asarray(arr[...])
-    return out
-
-
-def assert_bitwise_equal(a: Path, b: Path) -> None:
-    left, right = all_arrays(a), all_arrays(b)
-    assert sorted(left) == sorted(right)
-    for name in left:
-        x, y = left[name], right[name]
-        assert x.dtype == y.dtype and x.shape == y.shape, name
-        if x.dtype.kind == "f":
-            assert np.array_equal(x.view(f"u{x.itemsize}"), y.view(f"u{y.itemsize}")), name
-        else:
-            assert np.array_equal(x, y), name
-    # Provenance of the invocation itself (time, --out, option spelling) may differ.
-    skip = {"created", "capture_options"}
-    attrs_a = {k: v for k, v in open_store(a).attrs.items() if k not in skip}
-    attrs_b = {k: v for k, v in open_store(b).attrs.items() if k not in skip}
-    assert json.dumps(attrs_a, sort_keys=True) == json.dumps(attrs_b, sort_keys=True)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("resume")
@@ -167,7 +140,7 @@ def test_sigkill_at_several_points_then_resume_is_bitwise_equal(setup) -> None:
         assert not verify(out).ok
     capture(crashy, adapter=adapter)
     assert verify(out, deep=True).ok
-    assert_bitwise_equal(ref, out)
+    assert_stores_bitwise_equal(ref, out)
 
 
 def test_two_shard_processes_write_one_store(setup) -> None:
@@ -194,7 +167,7 @@ def test_two_shard_processes_write_one_store(setup) -> None:
         finish(p)
         assert p.exitcode == 0
     assert verify(out, deep=True).ok
-    assert_bitwise_equal(ref, out)
+    assert_stores_bitwise_equal(ref, out)
 
 
 def test_resume_with_another_configuration_is_refused(setup) -> None:
@@ -217,7 +190,7 @@ def test_cli_capture_equals_api_and_store_commands(setup, capsys) -> None:
 
     out = setup.root / "cli.zarr"
     assert main(cli_args(setup.model, setup.data, out)) == 0
-    assert_bitwise_equal(setup.ref, out)
+    assert_stores_bitwise_equal(setup.ref, out)
     assert main(["store", "verify", str(out), "--deep"]) == 0
     assert main(["store", "info", str(out), "--json"]) == 0
     assert '"committed": 8' in capsys.readouterr().out
@@ -248,4 +221,4 @@ def test_an_error_mid_capture_keeps_committed_shards_and_surfaces(setup, monkeyp
     monkeypatch.undo()
     assert open_store(out).committed().tolist() == [True, True] + [False] * 6
     capture(dataclasses.replace(cfg, out=str(out)), adapter=adapter)
-    assert_bitwise_equal(setup.ref, out)
+    assert_stores_bitwise_equal(setup.ref, out)

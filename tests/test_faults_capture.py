@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import zarr
+from store_support import assert_stores_bitwise_equal
 
 from priorscope.cli.main import main
 from priorscope.engine.analysis.decay import compute_decay
@@ -78,23 +78,6 @@ def no_traceback(capsys: pytest.CaptureFixture[str]) -> str:
     return text
 
 
-def assert_bitwise_equal(a: Path, b: Path) -> None:
-    """Every array bitwise equal (NaN bits included), the same attributes but the run's own."""
-    left, right = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
-    names = sorted(n for n, x in left.members(max_depth=None) if isinstance(x, zarr.Array))
-    assert names == sorted(n for n, x in right.members(max_depth=None) if isinstance(x, zarr.Array))
-    for name in names:
-        x, y = np.asarray(left[name][...]), np.asarray(right[name][...])  # type: ignore[index]
-        assert x.dtype == y.dtype and x.shape == y.shape, name
-        if x.dtype.kind == "f":
-            assert np.array_equal(x.view(f"u{x.itemsize}"), y.view(f"u{y.itemsize}")), name
-        else:
-            assert np.array_equal(x, y), name
-    own = {"created", "capture_options"}
-    attrs = [{k: v for k, v in g.attrs.items() if k not in own} for g in (left, right)]
-    assert json.dumps(attrs[0], sort_keys=True) == json.dumps(attrs[1], sort_keys=True)
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """A 6-row benchmark whose row 3 is a truncated PNG, and its --on-bad skip capture."""
@@ -120,7 +103,7 @@ def test_decode_failure_names_on_bad_skip_then_resume_equals_uninterrupted(
     assert 0 < open_store(out).finished().sum() < 6  # the other shards are kept
     assert main(capture(made.data, out, "--on-bad", "skip")) == 0
     assert "Skipped examples: 1" in no_traceback(capsys)
-    assert_bitwise_equal(made.ref, out)
+    assert_stores_bitwise_equal(made.ref, out)
 
 
 def test_skipped_example_is_counted_and_verify_calls_the_store_complete(
@@ -197,7 +180,7 @@ def test_killed_skip_capture_resumes_bitwise_equal(made: SimpleNamespace, tmp_pa
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not open_store(out).finished()[BAD]
     assert main(args) == 0
-    assert_bitwise_equal(made.ref, out)
+    assert_stores_bitwise_equal(made.ref, out)
 
 
 def test_load_time_bad_row_is_skipped_when_asked(tmp_path: Path, capsys) -> None:

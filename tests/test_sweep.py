@@ -19,13 +19,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import zarr
+from store_support import assert_stores_bitwise_equal
 
 from priorscope.cli.main import main
 from priorscope.engine import DecayConfig, compute_decay
 from priorscope.engine.errors import ConfigMismatchError, UsageError
 from priorscope.engine.models.tiny import build_tiny
-from priorscope.engine.store import open_store
 from priorscope.engine.sweep import load_sweep, run_sweep, store_state, sweep_status
 
 N_EXAMPLES = 8  # per benchmark: 4 shards of 2 examples, so a kill can land inside a store
@@ -85,31 +84,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(folder=folder, ref_toml=ref_toml, ref=load_sweep(ref_toml))
 
 
-def all_arrays(path: str) -> dict[str, np.ndarray]:
-    group = open_store(path).group
-    return {
-        name: np.asarray(arr[...])
-        for name, arr in group.members(max_depth=None)
-        if isinstance(arr, zarr.Array)
-    }
-
-
-def assert_same_store(a: str, b: str) -> None:
-    """Every array bitwise equal; attributes equal but for the invocation's own provenance."""
-    left, right = all_arrays(a), all_arrays(b)
-    assert sorted(left) == sorted(right)
-    for name, x in left.items():
-        y = right[name]
-        assert x.dtype == y.dtype and x.shape == y.shape, name
-        if x.dtype.kind == "f":
-            assert np.array_equal(x.view(f"u{x.itemsize}"), y.view(f"u{y.itemsize}")), name
-        else:
-            assert np.array_equal(x, y), name
-    skip = {"created", "capture_options"}
-    attrs = [{k: v for k, v in open_store(p).attrs.items() if k not in skip} for p in (a, b)]
-    assert json.dumps(attrs[0], sort_keys=True) == json.dumps(attrs[1], sort_keys=True)
-
-
 def table_numbers(out_dir: Path) -> list[tuple]:
     doc = json.loads((out_dir / "sweep.json").read_text())
     return [
@@ -121,7 +95,7 @@ def table_numbers(out_dir: Path) -> list[tuple]:
 def assert_same_sweep(ref: Path, other: Path) -> None:
     for model in ("organism", "tiny"):
         for bench in ("alpha", "beta"):
-            assert_same_store(
+            assert_stores_bitwise_equal(
                 str(ref / model / f"{bench}.zarr"), str(other / model / f"{bench}.zarr")
             )
     assert table_numbers(ref) == table_numbers(other)

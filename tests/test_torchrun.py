@@ -8,7 +8,6 @@ coordinator. A rank SIGKILLed mid-write is resumed by running the same command a
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import subprocess
@@ -16,9 +15,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-import zarr
+from store_support import assert_stores_bitwise_equal
 
 from priorscope.cli.main import main
 from priorscope.engine.data import synth
@@ -93,22 +91,6 @@ def torchrun(script: Path, args: list[str], env: dict[str, str] | None = None) -
     return f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
 
-def assert_bitwise_equal(a: Path, b: Path) -> None:
-    left, right = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
-    names = sorted(n for n, x in left.members(max_depth=None) if isinstance(x, zarr.Array))
-    assert names == sorted(n for n, x in right.members(max_depth=None) if isinstance(x, zarr.Array))
-    for name in names:
-        x, y = np.asarray(left[name][...]), np.asarray(right[name][...])  # type: ignore[index]
-        assert x.dtype == y.dtype and x.shape == y.shape, name
-        if x.dtype.kind == "f":
-            assert np.array_equal(x.view(f"u{x.itemsize}"), y.view(f"u{y.itemsize}")), name
-        else:
-            assert np.array_equal(x, y), name
-    skip = {"created", "capture_options"}
-    attrs = [{k: v for k, v in g.attrs.items() if k not in skip} for g in (left, right)]
-    assert json.dumps(attrs[0], sort_keys=True) == json.dumps(attrs[1], sort_keys=True)
-
-
 def test_torchrun_two_ranks_equal_one_process_bitwise(setup) -> None:
     out = setup.root / "two.zarr"
     priorscope = shutil.which("priorscope", path=str(BIN))
@@ -122,7 +104,7 @@ def test_torchrun_two_ranks_equal_one_process_bitwise(setup) -> None:
         assert f"[rank {rank}/2] owns 2 of 4 shards" in log, log
         assert f"[rank {rank}/2] done: wrote 2 shards (4 examples)" in log, log
     assert verify(out, deep=True).ok
-    assert_bitwise_equal(setup.ref, out)
+    assert_stores_bitwise_equal(setup.ref, out)
 
 
 def test_killed_rank_is_resumed_by_the_same_command(setup) -> None:
@@ -148,7 +130,7 @@ def test_killed_rank_is_resumed_by_the_same_command(setup) -> None:
     log = torchrun(script, args)
     assert log.startswith("rc=0"), log
     assert verify(out, deep=True).ok
-    assert_bitwise_equal(setup.ref, out)
+    assert_stores_bitwise_equal(setup.ref, out)
 
 
 def test_each_rank_takes_its_local_rank_device() -> None:
