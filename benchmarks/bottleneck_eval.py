@@ -176,6 +176,95 @@ def measure_replacement(model: str, n: int, seed: int, work: Path) -> dict[str, 
     return out
 
 
+def measure_injection(model: str, n: int, seed: int, work: Path) -> dict[str, Any]:
+    """Return the read-out of the drawn colour after the clean answer-position state is put
+    into the run without the image at each layer (n suppressed items, drawn colour uniform).
+
+    The layer where the read-out falls after the patch is where the colour is suppressed
+    (``priorscope.engine.patch.readout``); the validity test asserts the same on its own set.
+    """
+    from priorscope.engine.capture import CaptureConfig, capture
+    from priorscope.engine.data.synth import write_tsv
+    from priorscope.engine.patch import PatchConfig, patch, readout
+    from priorscope.engine.store import open_store
+    from priorscope.engine.training.evaluate import plant_of
+    from priorscope.engine.training.planted import PlantedEvalConfig, planted_sets
+
+    items = planted_sets(plant_of(model), PlantedEvalConfig(n=n, seed=seed))["suppressed"]
+    store = work / "inject.zarr"
+    capture(
+        CaptureConfig(
+            model=model,
+            data=str(write_tsv(items, work / "inject.tsv")),
+            out=str(store),
+            ladder=(),
+            total=True,
+            full_seq=len(items),
+            full_seq_layers="all",
+            batch_size=16,
+            device="cpu",
+            dtype="float32",
+            hidden_dtype="float32",
+            max_new_tokens=2,
+            progress=False,
+        )
+    )
+    cfg = PatchConfig(
+        source="clean",
+        target="total",
+        both_directions=False,
+        groups=("last",),
+        modes=("state",),
+        keep="all",
+        model=model,
+    )
+    ro = readout(open_store(store), patch(store, cfg), "gold")
+    out = ro.to_json()
+    out["seed"] = seed
+    out["loss_layer"] = {
+        str(v): ro.loss_layer("clean->total", "last", "state", v) for v in ro.layers
+    }
+    return out
+
+
+def _injection_section(metrics: dict[str, Any], cfg: dict[str, Any]) -> str:
+    inj = metrics.get("injection")
+    if not inj:
+        return ""
+    names = ["embed" if v == -1 else f"resid.{v}" for v in inj["kept_layers"]]
+    lines = [
+        "| patched at | " + " | ".join(names) + " | falls at |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for cond, row in inj["unpatched"].items():
+        lines.append(f"| none ({cond}) | " + " | ".join(f"{a:.2f}" for a in row) + " | |")
+    rows = inj["cells"]["clean->total last state"]
+    for layer, row in zip(inj["layers"], rows, strict=True):
+        cells = " | ".join(
+            f"{a:.2f}" if v >= layer else "·" for v, a in zip(inj["kept_layers"], row, strict=True)
+        )
+        fall = inj["loss_layer"][str(layer)]
+        name = "embed" if layer == -1 else f"resid.{layer}"
+        lines.append(f"| {name} | {cells} | {'' if fall is None else f'resid.{fall}'} |")
+    mid = cfg["readout_layer"]
+    fall = inj["loss_layer"][str(mid)]
+    planted = ", ".join(str(i) for i in cfg["suppress_layers"])
+    return f"""
+### Where the suppression happens (layer replacement and read-out)
+
+Answer flips cannot place it: no suppressed answer moves. Instead, on {inj["n"]} suppressed items
+(drawn colour uniform, seed {inj["seed"]}) the clean run's answer-position state at one layer is
+put into the run without the image (`priorscope patch --source clean --target total --one-way
+--groups last --mode state --readout gold`), and the drawn colour is read from the answer
+position at every later layer (held-out accuracy of a linear probe, {inj["folds"]} folds grouped
+by {inj["group_by"]}; majority class {inj["majority"]:.2f}). Put in at the read-out layer
+`resid.{mid}`, the colour falls at **`resid.{fall}`** (planted suppression layers: {planted}); the
+image is not needed for it to be removed.
+
+{chr(10).join(lines)}
+"""
+
+
 def _replacement_table(replacement: dict[str, Any]) -> str:
     """Return the markdown table of answer flips by layer, one row per (group, cell)."""
     layers = next(iter(replacement.values()))["layers"]
@@ -283,7 +372,7 @@ items are drawn in a uniform colour for this set (the canonical one is right 1 t
 {targets}
 
 The suppressed drop is measured from `{mid}` to `{last}`.
-{_replacement_section(metrics)}
+{_replacement_section(metrics)}{_injection_section(metrics, cfg)}
 ## Training
 
 - {cfg["n_train"]} synth rows (`seed 1000003 + seed`, the template cycle above, prior_rate
@@ -330,6 +419,12 @@ def main() -> None:
     parser.add_argument(
         "--patch", type=int, default=32, help="Items per group for layer replacement (0: skip)."
     )
+    parser.add_argument(
+        "--inject",
+        type=int,
+        default=400,
+        help="Suppressed items for the replacement read-out (with --patch).",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.time()
@@ -343,6 +438,9 @@ def main() -> None:
             metrics["replacement"] = measure_replacement(
                 args.model, args.patch, args.seed + 3, Path(work)
             )
+            metrics["injection"] = measure_injection(
+                args.model, args.inject, args.seed + 5, Path(work)
+            )
     metrics["eval_seconds"] = round(time.time() - start, 1)
     metrics["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
     metrics["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -351,6 +449,11 @@ def main() -> None:
         print(f"{'met    ' if row['met'] else 'NOT met'}  {row['target']}: {row['value']}")
     if "replacement" in metrics:
         print(_replacement_table(metrics["replacement"]))
+        print(
+            _injection_section(
+                metrics, json.loads((Path(args.model) / "training.json").read_text())["config"]
+            )
+        )
     folder = Path(args.model)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if folder.resolve() == Path(DEFAULT).resolve():

@@ -78,10 +78,27 @@ def patch_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     batch_size: int = typer.Option(64, "--batch-size", help="Patches per decoder batch."),
     by: str = typer.Option("template", "--by", help="Example column to group the table by."),
+    keep: str | None = typer.Option(
+        None,
+        "--keep",
+        help="Layers whose answer-position states each patched run keeps (final, all, a list).",
+    ),
+    readout: str | None = typer.Option(
+        None,
+        "--readout",
+        help="Read this target (gold, answer, a column) from the kept states; keeps all layers "
+        "unless --keep says otherwise.",
+    ),
+    folds: int = typer.Option(5, "--folds", help="Folds of the --readout probes."),
 ) -> None:
     """Counterfactual layer replacement from the cache (both directions unless --one-way).
 
     Example: priorscope patch run.zarr --source total --target clean --groups image,last
+
+    Where is a retrieved signal suppressed? Put the clean run's answer-position state into the
+    run without the image and read the signal at every later layer:
+    priorscope patch run.zarr --source clean --target total --one-way --groups last
+    --mode state --readout gold
     """
     from priorscope.engine.patch import PatchConfig, patch
     from priorscope.engine.store import open_store
@@ -105,11 +122,16 @@ def patch_cmd(
         out=str(out or _default_out(store, "patch")),
         device=device,
         batch_size=batch_size,
+        keep=keep if keep is not None else ("all" if readout else ""),
     )
     handle = open_store(store)
     result = patch(handle, cfg)
     if result.exact:
         _print_effects(result, handle.examples(), by)
+    if readout and result.exact:
+        from priorscope.engine.patch import readout as read_out
+
+        _print_readout(read_out(handle, result, readout, folds=folds))
     for name, agree in result.agreement.items():
         a = agree.to_json()
         console.print(
@@ -139,6 +161,39 @@ def _print_effects(result: Any, table: Any, by: str) -> None:
                 n = str(int(prof.n.max(initial=0)))
                 out.add_row(key, n, direction, group, m, *cells)
     console.print(out)
+
+
+def _print_readout(ro: Any) -> None:
+    def num(a: float) -> str:
+        return f"{a:.2f}" if a == a else "—"
+
+    console.print(
+        f"Read-out of {ro.target!r} at the answer position (held-out accuracy of a linear probe, "
+        f"{ro.folds} folds by {ro.group_by}, n {ro.n}; majority class {ro.majority:.2f})."
+    )
+    for direction in ro.directions:
+        for group in ro.groups:
+            for mode in ro.modes:
+                out = Table(
+                    title=f"{direction}, {group} {mode}: read-out by kept layer",
+                    title_justify="left",
+                )
+                out.add_column("patched at", no_wrap=True)
+                for v in ro.kept_layers:
+                    out.add_column(_layer(v), justify="right", min_width=4)
+                for cond, acc in ro.unpatched.items():
+                    out.add_row(f"none ({cond})", *(num(a) for a in acc))
+                for layer, acc in zip(ro.layers, ro.cell(direction, group, mode), strict=True):
+                    cells = (
+                        num(a) if v >= layer else "·"
+                        for v, a in zip(ro.kept_layers, acc, strict=True)
+                    )
+                    out.add_row(_layer(layer), *cells)
+                console.print(out)
+    console.print(
+        "After a patch, the kept layer where the read-out falls is the one that removes the "
+        "patched-in signal ('·': below the patched layer, the target run's own state)."
+    )
 
 
 def register(app: typer.Typer) -> None:

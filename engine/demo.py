@@ -178,8 +178,14 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> DemoResult:
     if plant is not None:
         t2 = time.perf_counter()
         truth["planted"] = planted_truth_groups(opened, config)
-        sentences += planted_sentences(truth["planted"])
         timings["planted probes"] = time.perf_counter() - t2
+        t2 = time.perf_counter()
+        suppressed = [ex for ex in examples if ex.metadata.get("planted") == "suppressed"]
+        injection = planted_injection(suppressed, out, config)
+        if injection is not None:
+            truth["planted"]["suppressed"]["injection"] = injection
+        sentences += planted_sentences(truth["planted"])
+        timings["planted replacement"] = time.perf_counter() - t2
     grounded = export_grounded(opened, out / "grounded_subset.tsv").out
     report = write_report(
         opened,
@@ -449,6 +455,64 @@ def planted_truth_groups(store: Store, config: DemoConfig) -> dict[str, Any]:
     return out
 
 
+def planted_injection(examples: list[Any], out: Path, config: DemoConfig) -> dict[str, Any] | None:
+    """Return where layer replacement finds the suppression of the planted suppressed items.
+
+    The clean run's answer-position state at each layer is put into the run without the image
+    and the drawn colour read at every later layer (:mod:`priorscope.engine.patch.readout`);
+    ``falls_at`` is the layer where the read-out put in at the training read-out layer falls.
+    None with fewer than 40 such items or for a model without that read-out layer.
+    """
+    from priorscope.engine.capture import CaptureConfig, capture
+    from priorscope.engine.data.synth import write_tsv
+    from priorscope.engine.patch import PatchConfig, patch, readout
+    from priorscope.engine.training.evaluate import training_config
+
+    trained = training_config(_folder(config.model)) or {}
+    mid = trained.get("readout_layer")
+    if len(examples) < 40 or mid is None:
+        return None
+    store = out / "suppressed.zarr"
+    shutil.rmtree(store, ignore_errors=True)  # seconds; always this demo's own items
+    capture(
+        CaptureConfig(
+            model=config.model,
+            data=str(write_tsv(examples, out / "suppressed.tsv")),
+            out=str(store),
+            ladder=(),
+            total=True,
+            batch_size=config.batch_size,
+            device="cpu",
+            max_new_tokens=2,
+            full_seq=len(examples),
+            full_seq_layers="all",
+            progress=False,
+        )
+    )
+    cfg = PatchConfig(
+        source="clean",
+        target="total",
+        both_directions=False,
+        groups=("last",),
+        modes=("state",),
+        keep="all",
+        out=str(results_path(store, "patch")),
+    )
+    opened = open_store(store)
+    ro = readout(opened, patch(opened, cfg), "gold", folds=4)
+    if mid not in ro.layers:
+        return None
+    curve = ro.curve("clean->total", "last", "state", mid)
+    return {
+        "n": ro.n,
+        "from_layer": mid,
+        "curve": {("embed" if v == -1 else f"resid.{v}"): a for v, a in curve.items()},
+        "falls_at": ro.loss_layer("clean->total", "last", "state", mid),
+        "planted_layers": list(trained.get("suppress_layers", [])),
+        "majority": ro.majority,
+    }
+
+
 def _curve_text(curve: list[float], layers: list[str]) -> str:
     best = int(np.nanargmax(curve))
     return f"{_pct(curve[best])} at {layers[best]}, {_pct(curve[-1])} at {layers[-1]}"
@@ -478,6 +542,20 @@ def planted_sentences(planted: dict[str, Any]) -> tuple[str, ...]:
             f"{_pct(s['counter_clean_canonical_rate'])} of the counter-prior ones answered "
             f"canonical on the clean image (planted: all).{found}"
         )
+        inj = s.get("injection")
+        if inj and inj["falls_at"] is not None:
+            curve = list(inj["curve"].items())
+            fall = inj["falls_at"]
+            before = next((a for k, a in curve if k == f"resid.{fall - 1}"), None)
+            lines.append(
+                f"layer replacement on the suppressed items (n={inj['n']}): the clean answer-"
+                f"position state put into the run without the image at resid.{inj['from_layer']} "
+                f"keeps the drawn colour readable ({_pct(curve[0][1])} there, {_pct(before)} at "
+                f"resid.{fall - 1}) until resid.{fall}, where it falls to "
+                f"{_pct(inj['curve'][f'resid.{fall}'])} (majority class {_pct(inj['majority'])}; "
+                f"planted suppression layers: "
+                f"{', '.join(str(v) for v in inj['planted_layers'])})."
+            )
     nr = planted.get("not_retrieved")
     if nr:
         probe, card = nr.get("probe"), nr.get("card_probe") or {}

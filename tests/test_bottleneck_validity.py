@@ -13,6 +13,10 @@ answer, which is the drawn colour) on a held-out set and the probe curve is chec
 planted layers. Layer replacement (``priorscope.engine.patch``, exact suffix replay between the
 ``clean`` and ``total`` runs) then checks the causal side: a used colour item's answer moves with
 the image states it is given, a suppressed item's answer moves with none, at any layer or position.
+Since no answer moves, flips cannot say where the colour is suppressed; the read-out of states
+kept after a replacement does: the clean run's answer-position state, put into the run without
+the image at the read-out layer, keeps the drawn colour decodable until a planted suppression
+layer removes it.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ import numpy as np
 import pytest
 from capture_support import capture_examples
 
-from priorscope.engine.patch import PatchConfig, PatchResult, patch
+from priorscope.engine.patch import PatchConfig, PatchResult, Readout, patch, readout
 from priorscope.engine.probes import ProbeConfig, ProbeResult, fit_probes
+from priorscope.engine.store import open_store
 from priorscope.engine.training.organism import BOTTLENECK
 from priorscope.engine.training.planted import PlantedEvalConfig, planted_sets
 
 N = 320
 PATCHED = 32
+INJECTED = 240
 SEED = 20261201  # neither training (1_000_003+) nor the card (7-9) uses it
 
 
@@ -83,6 +89,24 @@ def replaced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PatchResult]
         store = _capture_full(folder, name, items)
         out[name] = patch(store, PatchConfig(source="total", target="clean"))
     return out
+
+
+@pytest.fixture(scope="module")
+def injected(tmp_path_factory: pytest.TempPathFactory) -> Readout:
+    """Return the read-out of the drawn colour after the clean answer-position state is put into
+    the run without the image at each layer (suppressed items, drawn colour uniform)."""
+    folder = tmp_path_factory.mktemp("bottleneck_inject")
+    items = planted_sets(BOTTLENECK.plant, PlantedEvalConfig(n=INJECTED, seed=SEED + 3))
+    store = _capture_full(folder, "suppressed", items["suppressed"])
+    cfg = PatchConfig(
+        source="clean",
+        target="total",
+        both_directions=False,
+        groups=("last",),
+        modes=("state",),
+        keep="all",
+    )
+    return readout(open_store(store), patch(store, cfg), "gold")
 
 
 def _flips(result: PatchResult, group: str, mode: str) -> np.ndarray:
@@ -146,3 +170,23 @@ def test_replacement_moves_used_answers_and_never_suppressed_ones(
     assert float(np.nanmax(delta.mean(axis=1))) < 0.5
     # The answer is the prior in both runs: the margin drawn - canonical is negative in each.
     assert (suppressed.exact["margin_target"] < 0).mean() >= 0.9
+
+
+@pytest.mark.slow
+def test_replacement_localises_the_suppression(injected: Readout) -> None:
+    mid, final = BOTTLENECK.readout_layer, BOTTLENECK.arch.layers - 1
+    first = min(BOTTLENECK.suppress_layers)
+    curve = injected.curve("clean->total", "last", "state", mid)
+    # Put into the run without the image, the retrieved colour is read where it was put...
+    assert curve[mid] >= 0.9, curve
+    # ...carried by the layers before the suppression ones...
+    assert all(curve[v] >= 0.9 for v in range(mid, first)), curve
+    # ...and removed by a planted suppression layer, without the image's help.
+    assert injected.loss_layer("clean->total", "last", "state", mid) in BOTTLENECK.suppress_layers
+    assert curve[mid] - curve[final] >= 0.3, curve
+    # The unpatched runs agree: clean carries the colour to the read-out layer and loses it by
+    # the last; the run without the image never had it at the end.
+    kept = list(injected.kept_layers)
+    clean, total = injected.unpatched["clean"], injected.unpatched["total"]
+    assert clean[kept.index(mid)] >= 0.9 and clean[kept.index(final)] <= injected.majority + 0.15
+    assert total[kept.index(final)] <= injected.majority + 0.15

@@ -43,6 +43,18 @@ def test_suppressed_items_are_decodable_then_lost_and_answered_canonical(demo) -
 
 
 @pytest.mark.slow
+def test_layer_replacement_places_the_suppression_in_a_planted_layer(demo) -> None:
+    inj = demo.truth["planted"]["suppressed"]["injection"]
+    assert inj["n"] >= 40 and inj["planted_layers"] == [6, 7]
+    curve = inj["curve"]
+    start = f"resid.{inj['from_layer']}"
+    assert curve[start] >= 0.9
+    assert inj["falls_at"] in inj["planted_layers"]
+    assert curve[start] - curve["resid.7"] >= 0.3
+    assert any("layer replacement on the suppressed items" in s for s in demo.sentences)
+
+
+@pytest.mark.slow
 def test_not_retrieved_items_stay_in_the_image_tokens_and_are_answered_at_chance(demo) -> None:
     nr = demo.truth["planted"]["not_retrieved"]
     n, chance = nr["n"], nr["chance"]

@@ -1,4 +1,6 @@
-"""Counterfactual layer replacement from the cache: logit lens, exact suffix replay, estimates.
+"""Counterfactual layer replacement from the cache: logit lens, exact suffix replay, estimates;
+``readout(store, result)`` reads an example column from patched final states (where a layer's
+replacement leaves a suppressed signal decodable).
 
 ``logit_lens(store)`` needs no model; ``patch(store, PatchConfig(...))`` replays decoder suffixes
 from cached residuals (the vision tower and layers 0..L never re-run) and/or estimates effects
@@ -10,6 +12,7 @@ from __future__ import annotations
 from priorscope.engine.patch.config import PatchConfig
 from priorscope.engine.patch.lens import LensResult, logit_lens
 from priorscope.engine.patch.read import read_lens, read_patch
+from priorscope.engine.patch.readout import Readout, readout
 from priorscope.engine.patch.replay import PositionGroup
 from priorscope.engine.patch.run import PatchResult, lens, patch
 
@@ -18,9 +21,11 @@ __all__ = [
     "PatchConfig",
     "PatchResult",
     "PositionGroup",
+    "Readout",
     "lens",
     "logit_lens",
     "patch",
     "read_lens",
     "read_patch",
+    "readout",
 ]

@@ -24,7 +24,10 @@ class PatchConfig:
     ``method``: ``exact`` (suffix replay, needs the model), ``estimate`` (gradients captured with
     ``--grad``, no model) or ``both`` (and their agreement). ``model`` overrides the model path
     recorded in the store (refused when its weights differ). The normalised effect is NaN where
-    |margin(source) - margin(target)| < ``min_gap`` nats.
+    |margin(source) - margin(target)| < ``min_gap`` nats. ``keep`` names layers (``final``, ``all``
+    or a list/range as ``layers``) at which every exact cell keeps the patched run's answer-
+    position state (``kept`` in the results, for :func:`priorscope.engine.patch.readout`: what
+    a replaced layer left decodable downstream); empty keeps none.
     """
 
     source: str = "total"
@@ -45,6 +48,7 @@ class PatchConfig:
     prior_condition: str = "total"
     min_gap: float = 0.1
     top_k: int = 20
+    keep: str = ""
 
     def __post_init__(self) -> None:
         for name in (self.source, self.target, self.prior_condition):
@@ -107,6 +111,7 @@ class PatchConfig:
             "full_vocab": self.full_vocab,
             "prior_condition": self.prior_condition,
             "min_gap": self.min_gap,
+            "keep": self.keep,
         }
 
 

@@ -31,6 +31,7 @@ EXACT_ARRAYS = (
     "top",
     "flipped",
     "logprob",
+    "kept",
     "replay_check",
 )
 ESTIMATE_ARRAYS = ("est_delta", "est_effect")
@@ -52,6 +53,7 @@ def _config(recorded: dict[str, Any]) -> PatchConfig:
         full_vocab=bool(recorded.get("full_vocab", True)),
         prior_condition=recorded.get("prior_condition", "total"),
         min_gap=float(recorded.get("min_gap", 0.1)),
+        keep=str(recorded.get("keep", "")),
     )
 
 
@@ -73,6 +75,7 @@ def read_patch(path: str | Path) -> PatchResult:
         conditions=tuple(coords.get("source_condition", [])),
         rows=rs.read("example") if exact else np.zeros(0, np.int64),
         layers=tuple(int(v) for v in coords.get("layer", [])),
+        kept_layers=tuple(int(v) for v in coords.get("kept_layer", [])),
         gold=rs.read("gold"),
         prior=rs.read("prior"),
         exact=exact,

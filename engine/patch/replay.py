@@ -264,6 +264,8 @@ class _Job:
     record: bool = False
     prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
     out: np.ndarray | None = None  # final cand log-probs [candidate]
+    # Answer-position states [d] after the layers the replayer keeps (``Replayer.keep``).
+    states: dict[int, np.ndarray] = field(default_factory=dict)
     kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
@@ -272,7 +274,9 @@ class Replayer:
 
     ``cand_ids`` are the candidates' token ids; with ``full_vocab`` the log-probs are normalised
     over the whole vocabulary like the stored ``cand_logprob`` (one LM-head row block per patch,
-    at the answer position only), otherwise over the candidates.
+    at the answer position only), otherwise over the candidates. ``keep`` names decoder layers
+    after which every job keeps its answer-position state (``_Job.states``; the last layer's is
+    the final norm's input), for read-outs of what a patch left in the residual stream.
     """
 
     def __init__(
@@ -282,8 +286,10 @@ class Replayer:
         *,
         batch_size: int = 64,
         full_vocab: bool = True,
+        keep: Sequence[int] = (),
     ) -> None:
         self.adapter = adapter
+        self.keep = frozenset(int(v) for v in keep)
         self.lm = adapter.language_model()
         self.layers = adapter.decoder_layers()
         self.n_layers = len(self.layers)
@@ -399,6 +405,7 @@ class Replayer:
             k = sum(1 for s in starts if s < j)  # rows are sorted by start: a prefix is active
             cache = _KV() if record else None
             h[:k] = self._layer(j, h[:k], mask[:k], (cos[:k], sin[:k]), cache)
+            self._keep(chunk[:k], j, h[:k, -1])
             if cache is not None:
                 key, value = cache.kept[self._attn_index(j)]
                 for r in range(k):
@@ -409,7 +416,18 @@ class Replayer:
                             key[r : r + 1, :, t - n : t - 1],
                             value[r : r + 1, :, t - n : t - 1],
                         )
-        lp = self._logprobs(h[:, -1])
+        self._finish(chunk, h[:, -1])
+
+    def _keep(self, jobs: list[_Job], j: int, last: torch.Tensor) -> None:
+        """Keep the answer-position states [k, d] after layer ``j`` when it is kept."""
+        if j in self.keep:
+            values = last.float().cpu().numpy().copy()  # h is updated in place
+            for r, job in enumerate(jobs):
+                job.states[j] = values[r]
+
+    def _finish(self, chunk: list[_Job], last: torch.Tensor) -> None:
+        """Set each job's log-probs from the final residuals [b, d]."""
+        lp = self._logprobs(last)
         for r, job in enumerate(chunk):
             job.out = lp[r]
 
@@ -425,7 +443,6 @@ class Replayer:
             self._run_last_chunk([jobs[i] for i in order[lo : lo + self.batch_size]])
 
     def _run_last_chunk(self, chunk: list[_Job]) -> None:
-        b = len(chunk)
         h = torch.from_numpy(np.stack([job.hidden[-1:] for job in chunk])).to(
             self.device, self.dtype
         )
@@ -437,9 +454,8 @@ class Replayer:
             prefix, mask = self._stack_prefix([job.prefix for job in chunk[:k]], j)
             cache = _KV({self._attn_index(j): prefix})
             h[:k] = self._layer(j, h[:k], mask, (cos[:k], sin[:k]), cache)
-        lp = self._logprobs(h[:, -1])
-        for r in range(b):
-            chunk[r].out = lp[r]
+            self._keep(chunk[:k], j, h[:k, -1])
+        self._finish(chunk, h[:, -1])
 
     def _stack_prefix(
         self, prefixes: list[dict[int, tuple[torch.Tensor, torch.Tensor]] | None], j: int
@@ -464,14 +480,26 @@ class Replayer:
 
 
 def replay_patches(
-    replayer: Replayer, inputs: dict[int, ReplayInput], patches: Sequence[Patch]
+    replayer: Replayer,
+    inputs: dict[int, ReplayInput],
+    patches: Sequence[Patch],
+    kept: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[tuple[int, str, int], np.ndarray]]:
     """Return (log-probs [patch, candidate], unpatched log-probs per (example, target, layer)).
 
     Cells are checked first (cuts, empty groups, misaligned sources); full-sequence patches run
     the suffix over the whole sequence, last-token patches a one-token pass over the prefix of
-    the unpatched pass of their (example, target, layer), which is also returned.
+    the unpatched pass of their (example, target, layer), which is also returned. ``kept``
+    [patch, kept layer, d], when given, receives each patched run's answer-position state at
+    the replayer's ``keep`` layers (ascending): the target's own below the patch layer, the
+    patched state at it, the replayed ones above.
     """
+    keep = sorted(replayer.keep)
+    if kept is not None and kept.shape[1] != len(keep):
+        raise UsageError(
+            f"Expected room for {len(keep)} kept layers in 'kept'. Got {kept.shape[1]}; build the "
+            "Replayer with the same keep layers."
+        )
     for patch in patches:
         check_cell(inputs[patch.example], patch)
     full: list[_Job] = []
@@ -505,8 +533,22 @@ def replay_patches(
         job = next(last_iter) if patch.group.is_last else next(full_iter)
         assert job.out is not None
         out[i] = job.out
+        if kept is not None:
+            for ki, layer in enumerate(keep):
+                kept[i, ki] = _kept_state(inputs[patch.example], patch, job, layer)
     baselines = {key: job.out for key, job in base.items() if job.out is not None}
     return out, baselines
+
+
+def _kept_state(inp: ReplayInput, patch: Patch, job: _Job, layer: int) -> np.ndarray:
+    """Return the patched run's answer-position state after ``layer`` [d]."""
+    if layer > patch.layer:
+        return job.states[layer]
+    if layer == patch.layer:
+        return job.hidden[-1]
+    if inp.has_full(patch.target):
+        return inp.full(patch.target, layer)[-1]
+    return inp.last_state(patch.target, layer)
 
 
 def replay_unpatched(

@@ -45,7 +45,8 @@ class PatchResult:
 
     Exact arrays are [direction, example, layer, group, mode] over ``rows`` (the patched full-
     sequence examples) and ``layers``; estimate arrays [source, target, est_example, est_layer,
-    group, mode] over ``est_rows``, ``est_layers`` and the store's conditions.
+    group, mode] over ``est_rows``, ``est_layers`` and the store's conditions. ``kept`` (with
+    ``PatchConfig.keep``) adds the answer-position states at ``kept_layers`` after each cell.
     """
 
     config: PatchConfig
@@ -56,6 +57,7 @@ class PatchResult:
     conditions: tuple[str, ...]
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     layers: tuple[int, ...] = ()
+    kept_layers: tuple[int, ...] = ()
     gold: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     prior: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     exact: dict[str, np.ndarray] = field(default_factory=dict)
@@ -72,6 +74,9 @@ class PatchResult:
 
 
 # --------------------------------------------------------------------------- cells and inputs
+
+# The largest ``kept`` array patch holds in memory (bytes).
+KEEP_LIMIT = 4 << 30
 
 
 def patch_layers(store: Store, spec: str, mode_write: bool) -> tuple[int, ...]:
@@ -99,6 +104,38 @@ def patch_layers(store: Store, spec: str, mode_write: bool) -> tuple[int, ...]:
                 f"{list(fs)}). Use --mode state or capture with --full-seq-layers all."
             )
     return tuple(wanted)
+
+
+def kept_layers(store: Store, spec: str, patched: tuple[int, ...]) -> tuple[int, ...]:
+    """Return the layers ``--keep`` selects (ascending), or raise naming the ones it cannot keep.
+
+    ``final`` is the last decoder layer, ``all`` every full-sequence layer and the last one,
+    anything else a list or range as ``--layers``. A kept layer below a patched layer is read
+    from the store's full sequences, so it must be one of them.
+    """
+    from priorscope.engine.models.sites import parse_site, residual_sites
+
+    spec = spec.strip()
+    if not spec:
+        return ()
+    n = int(store.model_ref.get("num_layers", max(store.layers) + 1))
+    fs = _fullseq_layers(store)
+    if spec == "final":
+        wanted = [n - 1]
+    elif spec == "all":
+        wanted = [*fs, n - 1]
+    else:
+        wanted = [parse_site(s, n).store_layer for s in residual_sites(spec, n)]
+    top = max(patched, default=-1)
+    missing = sorted({v for v in wanted if v not in fs and v < top})
+    if missing:
+        raise UsageError(
+            f"Expected --keep layers among the full-sequence layers {list(fs)} of {store.path} "
+            f"or above every patched layer (the highest is {top}). Got {missing}: below a "
+            "patched layer the unpatched state is read from the store. Capture with "
+            "--full-seq-layers covering them, or keep 'final'."
+        )
+    return tuple(sorted(set(wanted)))
 
 
 def _fullseq_layers(store: Store) -> tuple[int, ...]:
@@ -202,6 +239,7 @@ def run_exact(
     visible = store.rows()
     at = np.searchsorted(visible, rows)
     result.rows, result.layers = rows, layers
+    result.kept_layers = kept_layers(store, cfg.keep, layers)
     result.gold, result.prior = targets.gold[at], targets.prior[at]
     shape = (len(cfg.directions), len(rows), len(layers), len(cfg.groups), len(cfg.modes))
     k = len(store.candidates)
@@ -210,7 +248,24 @@ def run_exact(
         "replay_check": np.full(shape[:3], np.nan, np.float32),
     }
     cand_ids = adapter.candidate_token_ids(store.candidates)
-    replayer = Replayer(adapter, cand_ids, batch_size=cfg.batch_size, full_vocab=cfg.full_vocab)
+    replayer = Replayer(
+        adapter,
+        cand_ids,
+        batch_size=cfg.batch_size,
+        full_vocab=cfg.full_vocab,
+        keep=result.kept_layers,
+    )
+    if result.kept_layers:
+        d = store.fullseq(int(rows[0])).values.shape[-1]
+        kept_shape = (*shape, len(result.kept_layers), d)
+        size = int(np.prod(kept_shape)) * 4
+        if size > KEEP_LIMIT:
+            raise UsageError(
+                f"Expected the kept states to fit in {KEEP_LIMIT / 2**30:.3g} GiB. Got {size / 2**30:.2g} "
+                f"GiB for [direction, example, layer, group, mode, kept layer, d] = {kept_shape}. "
+                "Narrow --keep (final), --layers, --groups, --mode, --examples or use --one-way."
+            )
+        ex["kept"] = np.full(kept_shape, np.nan, np.float32)
     conds = {c for pair in cfg.directions for c in pair}
     last = _last_states(store, conds, layers)
     ids = store.examples().ids
@@ -222,9 +277,12 @@ def run_exact(
             pos = int(np.searchsorted(visible, r))
             inputs[int(r)] = replay_input(store, int(r), ids[pos], last, pos)
         cells = _cells(cfg, block, layers, inputs)
-        lp, base = replay_patches(replayer, inputs, [p for _, p in cells])
-        for (di, ei, li, gi, mi), value in zip((c for c, _ in cells), lp, strict=True):
-            ex["logprob"][di, lo + ei, li, gi, mi] = value
+        kept = np.zeros((len(cells), *ex["kept"].shape[-2:]), np.float32) if "kept" in ex else None
+        lp, base = replay_patches(replayer, inputs, [p for _, p in cells], kept)
+        for i, (di, ei, li, gi, mi) in enumerate(c for c, _ in cells):
+            ex["logprob"][di, lo + ei, li, gi, mi] = lp[i]
+            if kept is not None:
+                ex["kept"][di, lo + ei, li, gi, mi] = kept[i]
         _record_checks(ex["replay_check"], base, cfg, rows, layers, stored[at], store)
     _exact_metrics(ex, store, cfg, targets, at, stored)
     result.exact = ex
@@ -486,8 +544,11 @@ def write_patch(result: PatchResult, store: Store, out: str | Path) -> str:
         arrays.update(example=result.est_rows, gold=t.gold[at], prior=t.prior[at])
     for name, values in arrays.items():
         values = np.asarray(values)
-        chunks = tuple(max(1, s) for s in values.shape)
-        rs.require_array(name, values.shape, values.dtype, chunks)
+        chunks = [max(1, s) for s in values.shape]
+        if name == "kept":  # the one large array: about 32 MiB chunks along its examples
+            per_example = values[:, :1].nbytes or 1
+            chunks[1] = max(1, min(chunks[1], (32 << 20) // per_example))
+        rs.require_array(name, values.shape, values.dtype, tuple(chunks))
         rs.write(name, ..., values)
     coords = {
         "direction": result.direction_names,
@@ -498,6 +559,7 @@ def write_patch(result: PatchResult, store: Store, out: str | Path) -> str:
         "source_condition": list(result.conditions),
         "target_condition": list(result.conditions),
         "est_layer": list(result.est_layers),
+        "kept_layer": list(result.kept_layers),
     }
     for dim, labels in coords.items():
         rs.set_coords(dim, labels)

@@ -10,6 +10,8 @@ Patch results (store kind ``patch``), dims in brackets:
   top [direction, example, layer, group, mode] int16   leading candidate after the patch (-1: not run)
   flipped [direction, example, layer, group, mode] int8 1 when it differs from the target run's (-1: not run)
   logprob [direction, example, layer, group, mode, candidate] float32
+  kept [direction, example, layer, group, mode, kept_layer, d_model] float32 (``keep`` only)
+      the patched run's answer-position state at each kept layer (coords ``kept_layer``)
   replay_check [direction, example, layer] float32  row-wise relative error of the unpatched
       replay against the stored log-probs (NaN where no last-token patch ran)
   est_example [est_example] int64, est_delta / est_effect
@@ -44,6 +46,7 @@ PATCH_GROUP = register_group(
             ArraySpec("top", _CELL, "int16", required=False),
             ArraySpec("flipped", _CELL, "int8", required=False),
             ArraySpec("logprob", (*_CELL, "candidate"), "float32", required=False),
+            ArraySpec("kept", (*_CELL, "kept_layer", "d_model"), "float32", required=False),
             ArraySpec("replay_check", ("direction", "example", "layer"), "float32", False),
             ArraySpec("est_example", ("est_example",), "int64", required=False),
             ArraySpec("est_delta", _EST, "float32", required=False),

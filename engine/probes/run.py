@@ -99,6 +99,24 @@ def read_targets(store: Store, config: ProbeConfig, train: tuple[str, ...]) -> l
     return build_targets(config.targets, inputs, train, config.min_class, config.rare)
 
 
+def store_split(store: Store, table: Any, folds: int, seed: int, group_column: str) -> Split:
+    """Return the grouped k-fold split of ``table`` (rows of ``store``) that probes use.
+
+    ``group_column``: 'auto' (image identity, see :func:`.splits.group_keys`), 'id' or a column.
+    Layer-replacement read-outs use it too, so their folds keep an image's questions together.
+    """
+    why = [""]
+
+    def images() -> tuple[np.ndarray | None, str]:
+        keys, why[0] = dataset_image_keys(store.attrs, table.ids)
+        return keys, why[0]
+
+    keys, group_by = group_keys(
+        table.ids, table.metadata_keys(), table.column, group_column, images
+    )
+    return assign_folds(keys, folds, seed, group_by, split_note(group_by, why[0]))
+
+
 def build_plan(store: Store, config: ProbeConfig, out: str) -> tuple[Plan, list[Target], Split]:
     """Return (plan, targets, split) of ``config`` on ``store``; ``store`` should be a snapshot."""
     resolved = resolve(config, store)
@@ -112,16 +130,7 @@ def build_plan(store: Store, config: ProbeConfig, out: str) -> tuple[Plan, list[
         for i, t in enumerate(usable):
             controls[i] = len(sets)
             sets.append(control_target(t, types, config.seed))
-    why = [""]
-
-    def images() -> tuple[np.ndarray | None, str]:
-        keys, why[0] = dataset_image_keys(store.attrs, table.ids)
-        return keys, why[0]
-
-    keys, group_by = group_keys(
-        table.ids, table.metadata_keys(), table.column, config.group_column, images
-    )
-    split = assign_folds(keys, config.folds, config.seed, group_by, split_note(group_by, why[0]))
+    split = store_split(store, table, config.folds, config.seed, config.group_column)
     perms = config.permutations if config.controls else 0
     specs = probe_specs([s.name for s in sets], [s.n_classes for s in sets], controls, perms)
     n_cond = len(store.condition_names)
