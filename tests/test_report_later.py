@@ -98,3 +98,27 @@ def test_missing_results_say_how_to_compute_them(tmp_path) -> None:
     assert html.count("Not computed") == len(LATER_ANALYSES)
     assert "priorscope lens STORE" in html and "priorscope probe STORE" in html
     assert json.loads(result.json.read_text())["later"] == {}
+
+
+def test_report_reads_out_kept_states(tmp_path) -> None:
+    adapter = load_model("builtin:organism", dtype="float32")
+    store, _ = organism_capture(tmp_path, adapter, full_seq=24)
+    cfg = PatchConfig(
+        source="clean",
+        target="total",
+        both_directions=False,
+        groups=("last",),
+        modes=("state",),
+        keep="all",
+        out=results_path(store, "patch"),
+    )
+    patch(store, cfg, adapter=adapter)
+    result = write_report(store, tmp_path / "r.html", QUICK)
+    html = result.html.read_text()
+    assert "Read-out of &#x27;gold&#x27; at the answer position" in html
+    assert "r_patch_readout.png" in {p.name for p in result.pngs}
+    readout = json.loads(result.json.read_text())["later"]["patch"]["readout"]
+    # Rows whose gold class has fewer than two examples are left out of the read-out.
+    assert readout["kept_layers"] == [-1, 0, 1, 2, 3] and 20 <= readout["n"] <= 24
+    # The unpatched clean run reads the gold answer at its last layer better than chance.
+    assert readout["unpatched"]["clean"][-1] > readout["majority"]

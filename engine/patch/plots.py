@@ -2,7 +2,8 @@
 
 ``patch_section`` gives, per template, a heatmap (layer x position group) of the mean normalised
 effect with its 95% bootstrap interval, one panel per direction (noising, denoising) and mode;
-``lens_section`` the mean logit-lens margin by layer per condition. The lead's report embeds
+``readout_section`` (results kept with ``--keep``) the read-out of a target by patched layer
+and kept layer; ``lens_section`` the mean logit-lens margin by layer per condition. The lead's report embeds
 the fragments (PNG data URIs, no external resource).
 """
 
@@ -19,6 +20,7 @@ from priorscope.engine.patch.summary import Profile, effect_profiles, lens_profi
 
 if TYPE_CHECKING:
     from priorscope.engine.patch.lens import LensResult
+    from priorscope.engine.patch.readout import Readout
     from priorscope.engine.patch.run import PatchResult
     from priorscope.engine.store import ExampleTable
 
@@ -111,6 +113,48 @@ def lens_png(result: LensResult, profiles: dict[str, Profile]) -> bytes:
     for ax in flat[len(keys) :]:
         ax.set_visible(False)
     return _png(fig)
+
+
+def readout_png(ro: Readout) -> bytes:
+    """Return a PNG: per (direction, group, mode), read-out accuracy [patched x kept layer]."""
+    cells = [(d, g, m) for d in ro.directions for g in ro.groups for m in ro.modes]
+    rows = [f"none ({c})" for c in ro.unpatched] + [_layer_label(v) for v in ro.layers]
+    fig, axes = _figure(
+        1.6 + 0.55 * len(ro.kept_layers) * len(cells), 1.0 + 0.28 * len(rows), 1, len(cells)
+    )
+    image = None
+    for ax, (d, g, m) in zip(axes[0], cells, strict=True):
+        acc = ro.cell(d, g, m).copy()  # [patched, kept]
+        below = np.asarray(ro.layers)[:, None] > np.asarray(ro.kept_layers)[None, :]
+        acc[below] = np.nan  # the target run's own state: drawn in the 'none' rows
+        grid = np.vstack([np.stack(list(ro.unpatched.values())), acc]) if ro.unpatched else acc
+        image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for (r, c), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ink = "black" if v > 0.6 else "white"
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color=ink)
+        ax.set_xticks(range(len(ro.kept_layers)))
+        ax.set_xticklabels([_layer_label(v) for v in ro.kept_layers], fontsize=7)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(rows, fontsize=7)
+        ax.set_xlabel("kept layer", fontsize=7)
+        ax.set_ylabel("patched at", fontsize=7)
+        ax.set_title(f"{d}, {g} {m} (n={ro.n})", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="held-out accuracy")
+    return _png(fig)
+
+
+def readout_section(ro: Readout) -> tuple[str, dict[str, bytes]]:
+    """Return (HTML fragment, {file name: PNG}) of the read-out of kept states."""
+    png = readout_png(ro)
+    caption = (
+        f"Read-out of {ro.target!r} at the answer position after each patch, by kept layer "
+        f"(held-out accuracy of a linear probe, {ro.folds} folds by {ro.group_by}; majority "
+        f"class {ro.majority:.2f}). After a patch, the kept layer where the read-out falls is the "
+        "one that removes the patched-in signal; the 'none' rows are the unpatched runs."
+    )
+    return _figure_html(png, caption), {"patch_readout.png": png}
 
 
 def _figure_html(png: bytes, caption: str) -> str:

@@ -41,7 +41,7 @@ class LaterSection:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _probes(info: dict[str, Any], table: ExampleTable) -> LaterSection:
+def _probes(info: dict[str, Any], table: ExampleTable, store: Store) -> LaterSection:
     from priorscope.engine.probes.plots import probes_panel
     from priorscope.engine.probes.results import ProbeResult
 
@@ -58,7 +58,7 @@ def _probes(info: dict[str, Any], table: ExampleTable) -> LaterSection:
     return LaterSection("probes", "", True, body, {"probes.png": panel.png}, summary)
 
 
-def _patch(info: dict[str, Any], table: ExampleTable) -> LaterSection:
+def _patch(info: dict[str, Any], table: ExampleTable, store: Store) -> LaterSection:
     from priorscope.engine.patch.plots import patch_section
     from priorscope.engine.patch.read import read_patch
 
@@ -81,10 +81,32 @@ def _patch(info: dict[str, Any], table: ExampleTable) -> LaterSection:
         "agreement": {k: a.to_json() for k, a in result.agreement.items()},
         "top_cells": result.top_cells,
     }
+    if "kept" in result.exact:
+        body += _readout(store, result, pngs, summary)
     return LaterSection("patch", "", True, body, pngs, summary)
 
 
-def _lens(info: dict[str, Any], table: ExampleTable) -> LaterSection:
+# The target the report reads from kept states (``patch --keep``).
+READOUT_TARGET = "gold"
+
+
+def _readout(store: Store, result: Any, pngs: dict[str, bytes], summary: dict[str, Any]) -> str:
+    """Return the read-out figure of the kept states (or why there is none); adds its PNG and
+    numbers to ``pngs`` and ``summary``."""
+    from priorscope.engine.patch.plots import readout_section
+    from priorscope.engine.patch.readout import readout
+
+    try:
+        ro = readout(store, result, READOUT_TARGET)
+    except PriorscopeError as exc:
+        return f"<p class=muted>Kept states present; no read-out of {READOUT_TARGET!r}: {escape(str(exc))}</p>"
+    body, figure = readout_section(ro)
+    pngs.update(figure)
+    summary["readout"] = ro.to_json()
+    return body
+
+
+def _lens(info: dict[str, Any], table: ExampleTable, store: Store) -> LaterSection:
     from priorscope.engine.patch.plots import lens_section
     from priorscope.engine.patch.read import read_lens
 
@@ -117,7 +139,7 @@ def later_sections(store: Store, table: ExampleTable) -> list[LaterSection]:
             out.append(LaterSection(kind, title, False, body))
             continue
         try:
-            section = DRAW[kind](found[kind], table)
+            section = DRAW[kind](found[kind], table, store)
         except (PriorscopeError, KeyError, ValueError, OSError) as err:
             body = (
                 f"<p class=notcomputed><b>Present but not drawn.</b> The results at "
