@@ -33,7 +33,10 @@ def _curve_table(probes: dict[str, Any]) -> str:
         "|---|---|" + "---|" * len(sites),
     ]
     for group, result in probes.items():
-        for reduction, curve in result["probe"].items():
+        curves = dict(result["probe"])
+        for reduction, curve in result.get("probe_tuned", {}).items():
+            curves[f"{reduction} (tuned ridge)"] = curve
+        for reduction, curve in curves.items():
             cells = " | ".join(f"{curve[s]:.2f}" for s in sites)
             lines.append(f"| {group} | {reduction} | {cells} |")
     return "\n".join(lines)
@@ -363,7 +366,10 @@ Suppressed counter-prior items (clean) answered canonical: {planted["suppressed"
 
 Linear probes (standardised logistic regression, C={ev["probe_c"]}, stratified {ev["folds"]}-fold
 cross-validated accuracy) of the drawn colour, by layer (`embed` = input of layer 0). Suppressed
-items are drawn in a uniform colour for this set (the canonical one is right 1 time in 8).
+items are drawn in a uniform colour for this set (the canonical one is right 1 time in 8). The
+`last (tuned ridge)` rows read the same states with a less regularised probe (ridge
+classifiers, strength chosen per fold on an inner fold from 0.01 to 1000): a colour left in
+directions where the states hardly vary shows there when C = {ev["probe_c"]} misses it.
 
 {_curve_table(metrics["probes"])}
 

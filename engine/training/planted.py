@@ -120,6 +120,30 @@ def probe_curves(
     }
 
 
+def tuned_curve(
+    states: Any, labels: Sequence[str], cfg: PlantedEvalConfig, sites: Sequence[str]
+) -> dict[str, float]:
+    """Return {site: held-out accuracy} of ridge classifiers whose strength is chosen per fold
+    on an inner fold (:func:`priorscope.engine.patch.readout.held_out_accuracy`).
+
+    A second, less regularised reader than the fixed-C logistic probe: a colour left in
+    directions where the states hardly vary is read here when C = 1 misses it.
+    """
+    import numpy as np
+
+    from priorscope.engine.patch.readout import held_out_accuracy
+
+    classes = sorted(set(labels))
+    y = np.array([classes.index(v) for v in labels], dtype=np.int32)
+    order = np.random.default_rng(0).permutation(len(y))
+    fold = np.empty(len(y), dtype=np.int8)
+    fold[order] = np.arange(len(y)) % cfg.folds
+    return {
+        site: round(held_out_accuracy(states[:, j].astype(np.float64), y, fold, len(classes)), 4)
+        for j, site in enumerate(sites)
+    }
+
+
 def _probe_set(adapter: Any, examples: list[Any], cfg: PlantedEvalConfig) -> dict[str, Any]:
     """Return the answers, chance band and probe curves of one planted group's items."""
     from priorscope.engine.models.sites import site_name
@@ -142,6 +166,7 @@ def _probe_set(adapter: Any, examples: list[Any], cfg: PlantedEvalConfig) -> dic
             sum(answers[i] == canon[i] for i in counter) / max(1, len(counter)), 4
         ),
         "probe": probe_curves(states, gold, cfg, sites),
+        "probe_tuned": {"last": tuned_curve(states["last"], gold, cfg, sites)},
     }
 
 
@@ -223,6 +248,14 @@ def targets(
         add(f"suppressed: probe last@{mid} >= 0.9", curve[mid], curve[mid] >= 0.9)
         drop = round(curve[mid] - curve[last], 4)
         add(f"suppressed: probe last drops {mid} -> {last} by >= 0.3", drop, drop >= 0.3)
+        tuned = sup.get("probe_tuned", {}).get("last")
+        if tuned:
+            drop = round(tuned[mid] - tuned[last], 4)
+            add(
+                f"suppressed: tuned ridge probe last drops {mid} -> {last} by >= 0.3",
+                drop,
+                drop >= 0.3,
+            )
     if "not_retrieved" in probes:
         hid = probes["not_retrieved"]
         band = hid["chance_band"]
@@ -238,6 +271,13 @@ def targets(
             worst,
             all(in_band(v, hid) for v in curve.values()),
         )
+        tuned = hid.get("probe_tuned", {}).get("last")
+        if tuned:
+            add(
+                f"not_retrieved: tuned ridge probe last in chance band {band} at every layer",
+                max(tuned.values()),
+                all(in_band(v, hid) for v in tuned.values()),
+            )
         best = max(hid["probe"]["image_mean"].values())
         add("not_retrieved: probe image_mean >= 0.9 at some layer", best, best >= 0.9)
     return out
