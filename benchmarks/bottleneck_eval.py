@@ -107,6 +107,30 @@ def _command(cfg: dict[str, Any], step: int | None = None) -> str:
     return f"`{line}`{note}"
 
 
+def _capture_full(model: str, items: list[Any], store: Path) -> None:
+    """Capture ``items`` (clean and total, full sequences at every layer) into ``store``."""
+    from priorscope.engine.capture import CaptureConfig, capture
+    from priorscope.engine.data.synth import write_tsv
+
+    capture(
+        CaptureConfig(
+            model=model,
+            data=str(write_tsv(items, store.with_suffix(".tsv"))),
+            out=str(store),
+            ladder=(),
+            total=True,
+            full_seq=len(items),
+            full_seq_layers="all",
+            batch_size=16,
+            device="cpu",
+            dtype="float32",
+            hidden_dtype="float32",
+            max_new_tokens=2,
+            progress=False,
+        )
+    )
+
+
 def measure_replacement(model: str, n: int, seed: int, work: Path) -> dict[str, Any]:
     """Return exact layer replacement (total <-> clean) of n used colour and n suppressed items.
 
@@ -115,8 +139,7 @@ def measure_replacement(model: str, n: int, seed: int, work: Path) -> dict[str, 
     """
     import numpy as np
 
-    from priorscope.engine.capture import CaptureConfig, capture
-    from priorscope.engine.data.synth import SynthConfig, generate, write_tsv
+    from priorscope.engine.data.synth import SynthConfig, generate
     from priorscope.engine.patch import PatchConfig, patch
     from priorscope.engine.training.evaluate import plant_of
     from priorscope.engine.training.planted import PlantedEvalConfig, planted_sets
@@ -142,23 +165,7 @@ def measure_replacement(model: str, n: int, seed: int, work: Path) -> dict[str, 
     out: dict[str, Any] = {}
     for name, items in sets.items():
         store = work / f"{name}.zarr"
-        capture(
-            CaptureConfig(
-                model=model,
-                data=str(write_tsv(items, work / f"{name}.tsv")),
-                out=str(store),
-                ladder=(),
-                total=True,
-                full_seq=len(items),
-                full_seq_layers="all",
-                batch_size=16,
-                device="cpu",
-                dtype="float32",
-                hidden_dtype="float32",
-                max_new_tokens=2,
-                progress=False,
-            )
-        )
+        _capture_full(model, items, store)
         result = patch(store, PatchConfig(source="total", target="clean", model=model))
         flips = (result.exact["flipped"] == 1).mean(axis=1)  # [direction, layer, group, mode]
         delta = np.nanmean(result.exact["delta"], axis=1)
@@ -186,42 +193,16 @@ def measure_injection(model: str, n: int, seed: int, work: Path) -> dict[str, An
     The layer where the read-out falls after the patch is where the colour is suppressed
     (``priorscope.engine.patch.readout``); the validity test asserts the same on its own set.
     """
-    from priorscope.engine.capture import CaptureConfig, capture
-    from priorscope.engine.data.synth import write_tsv
-    from priorscope.engine.patch import PatchConfig, patch, readout
+    from priorscope.engine.patch import patch, readout
+    from priorscope.engine.patch.readout import localise_config
     from priorscope.engine.store import open_store
     from priorscope.engine.training.evaluate import plant_of
     from priorscope.engine.training.planted import PlantedEvalConfig, planted_sets
 
     items = planted_sets(plant_of(model), PlantedEvalConfig(n=n, seed=seed))["suppressed"]
     store = work / "inject.zarr"
-    capture(
-        CaptureConfig(
-            model=model,
-            data=str(write_tsv(items, work / "inject.tsv")),
-            out=str(store),
-            ladder=(),
-            total=True,
-            full_seq=len(items),
-            full_seq_layers="all",
-            batch_size=16,
-            device="cpu",
-            dtype="float32",
-            hidden_dtype="float32",
-            max_new_tokens=2,
-            progress=False,
-        )
-    )
-    cfg = PatchConfig(
-        source="clean",
-        target="total",
-        both_directions=False,
-        groups=("last",),
-        modes=("state",),
-        keep="all",
-        model=model,
-    )
-    ro = readout(open_store(store), patch(store, cfg), "gold")
+    _capture_full(model, items, store)
+    ro = readout(open_store(store), patch(store, localise_config(model=model)), "gold")
     out = ro.to_json()
     out["seed"] = seed
     out["loss_layer"] = {

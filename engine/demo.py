@@ -465,7 +465,8 @@ def planted_injection(examples: list[Any], out: Path, config: DemoConfig) -> dic
     """
     from priorscope.engine.capture import CaptureConfig, capture
     from priorscope.engine.data.synth import write_tsv
-    from priorscope.engine.patch import PatchConfig, patch, readout
+    from priorscope.engine.patch import patch, readout
+    from priorscope.engine.patch.readout import localise_config
     from priorscope.engine.training.evaluate import training_config
 
     trained = training_config(_folder(config.model)) or {}
@@ -489,15 +490,7 @@ def planted_injection(examples: list[Any], out: Path, config: DemoConfig) -> dic
             progress=False,
         )
     )
-    cfg = PatchConfig(
-        source="clean",
-        target="total",
-        both_directions=False,
-        groups=("last",),
-        modes=("state",),
-        keep="all",
-        out=str(results_path(store, "patch")),
-    )
+    cfg = localise_config(out=str(results_path(store, "patch")))
     opened = open_store(store)
     ro = readout(opened, patch(opened, cfg), "gold", folds=4)
     if mid not in ro.layers:

@@ -28,6 +28,7 @@ import pytest
 from capture_support import capture_examples
 
 from priorscope.engine.patch import PatchConfig, PatchResult, Readout, patch, readout
+from priorscope.engine.patch.readout import localise_config
 from priorscope.engine.probes import ProbeConfig, ProbeResult, fit_probes
 from priorscope.engine.store import open_store
 from priorscope.engine.training.organism import BOTTLENECK
@@ -98,15 +99,7 @@ def injected(tmp_path_factory: pytest.TempPathFactory) -> Readout:
     folder = tmp_path_factory.mktemp("bottleneck_inject")
     items = planted_sets(BOTTLENECK.plant, PlantedEvalConfig(n=INJECTED, seed=SEED + 3))
     store = _capture_full(folder, "suppressed", items["suppressed"])
-    cfg = PatchConfig(
-        source="clean",
-        target="total",
-        both_directions=False,
-        groups=("last",),
-        modes=("state",),
-        keep="all",
-    )
-    return readout(open_store(store), patch(store, cfg), "gold")
+    return readout(open_store(store), patch(store, localise_config()), "gold")
 
 
 def _flips(result: PatchResult, group: str, mode: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from priorscope.engine.analysis import DecayConfig
 from priorscope.engine.models.registry import load_model
 from priorscope.engine.patch import PatchConfig, patch
 from priorscope.engine.patch.read import read_lens, read_patch
+from priorscope.engine.patch.readout import localise_config
 from priorscope.engine.patch.run import lens
 from priorscope.engine.probes import ProbeConfig, fit_probes
 from priorscope.engine.report import ReportConfig, write_report
@@ -103,16 +104,7 @@ def test_missing_results_say_how_to_compute_them(tmp_path) -> None:
 def test_report_reads_out_kept_states(tmp_path) -> None:
     adapter = load_model("builtin:organism", dtype="float32")
     store, _ = organism_capture(tmp_path, adapter, full_seq=24)
-    cfg = PatchConfig(
-        source="clean",
-        target="total",
-        both_directions=False,
-        groups=("last",),
-        modes=("state",),
-        keep="all",
-        out=results_path(store, "patch"),
-    )
-    patch(store, cfg, adapter=adapter)
+    patch(store, localise_config(out=results_path(store, "patch")), adapter=adapter)
     result = write_report(store, tmp_path / "r.html", QUICK)
     html = result.html.read_text()
     assert "Read-out of &#x27;gold&#x27; at the answer position" in html

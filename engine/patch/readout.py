@@ -26,6 +26,7 @@ import numpy as np
 from priorscope.engine.errors import StoreError, UsageError
 
 if TYPE_CHECKING:
+    from priorscope.engine.patch.config import PatchConfig
     from priorscope.engine.patch.run import PatchResult
     from priorscope.engine.store import Store
 
@@ -107,6 +108,25 @@ class Readout:
                 for m in self.modes
             },
         }
+
+
+def localise_config(**fields: Any) -> PatchConfig:
+    """Return the patch that places a suppression (see the module): the clean run's answer-
+    position state put into the run without the image at every layer, every layer kept.
+
+    ``fields`` override or add PatchConfig fields (``out``, ``model``, ``examples``, ...).
+    """
+    from priorscope.engine.patch.config import PatchConfig
+
+    base: dict[str, Any] = {
+        "source": "clean",
+        "target": "total",
+        "both_directions": False,
+        "groups": ("last",),
+        "modes": ("state",),
+        "keep": "all",
+    }
+    return PatchConfig(**{**base, **fields})
 
 
 def readout(
@@ -258,4 +278,4 @@ def held_out_accuracy(x: np.ndarray, y: np.ndarray, fold: np.ndarray, n_classes:
     return correct / total if total else float("nan")
 
 
-__all__ = ["ALPHAS", "Readout", "held_out_accuracy", "readout"]
+__all__ = ["ALPHAS", "Readout", "held_out_accuracy", "localise_config", "readout"]
