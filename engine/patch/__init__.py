@@ -12,7 +12,7 @@ from __future__ import annotations
 from priorscope.engine.patch.config import PatchConfig
 from priorscope.engine.patch.lens import LensResult, logit_lens
 from priorscope.engine.patch.read import read_lens, read_patch
-from priorscope.engine.patch.readout import Readout, readout
+from priorscope.engine.patch.readout import Readout, localise_config, readout
 from priorscope.engine.patch.replay import PositionGroup
 from priorscope.engine.patch.run import PatchResult, lens, patch
 
@@ -23,6 +23,7 @@ __all__ = [
     "PositionGroup",
     "Readout",
     "lens",
+    "localise_config",
     "logit_lens",
     "patch",
     "read_lens",
