@@ -104,6 +104,13 @@ def patch_cmd(
     from priorscope.engine.store import open_store
 
     method = "both" if exact and estimate else ("estimate" if estimate else "exact")
+    if readout and method == "estimate":
+        from priorscope.engine.errors import UsageError
+
+        raise UsageError(
+            "Expected exact replay for --readout (it reads the replayed states). Got --estimate "
+            "alone; add --exact, or drop --readout."
+        )
     modes = (
         ("state", "write")
         if mode.strip() == "both"

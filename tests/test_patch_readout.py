@@ -246,3 +246,13 @@ def test_kept_states_too_large_for_memory_are_refused_naming_the_options(
     cfg = PatchConfig(layers="resid.1", groups=("last",), modes=("state",), keep="all")
     with pytest.raises(UsageError, match=r"fit in 6.1e-05 GiB.*Narrow --keep"):
         patch(store, cfg, adapter=organism)
+
+
+def test_cli_readout_needs_exact_replay(tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(
+        app, ["patch", str(tmp_path / "none.zarr"), "--estimate", "--readout", "gold"]
+    )
+    assert result.exit_code != 0
+    assert "Expected exact replay for --readout" in str(result.exception)
