@@ -158,8 +158,10 @@ def readout(
         raise UsageError(f"Expected --folds of at least 2 for a held-out read-out. Got {folds}.")
     visible = store.rows()
     at = np.searchsorted(visible, result.rows)
-    if len(result.rows) == 0 or not np.array_equal(
-        visible[np.minimum(at, len(visible) - 1)], result.rows
+    if (
+        len(result.rows) == 0
+        or len(visible) == 0
+        or not np.array_equal(visible[np.minimum(at, len(visible) - 1)], result.rows)
     ):
         raise StoreError(
             f"Expected the patch results' examples among the committed rows of {store.path}. Got "
@@ -247,7 +249,7 @@ def held_out_accuracy(x: np.ndarray, y: np.ndarray, fold: np.ndarray, n_classes:
     """
     import torch
 
-    from priorscope.engine.probes.linear import F64, make_basis, one_hot_pm, ridge_subset
+    from priorscope.engine.probes.linear import F64, make_basis, ridge_alpha_index, ridge_fit
 
     keep = (y >= 0) & np.isfinite(x).all(axis=1)
     if not keep.any():
@@ -260,19 +262,17 @@ def held_out_accuracy(x: np.ndarray, y: np.ndarray, fold: np.ndarray, n_classes:
         test, train = fold == f, fold != f
         if not test.any() or len(np.unique(y[train])) < 2:
             continue
+        # The probe engine's ridge path: one basis per fold, the strength chosen on fold f + 1.
         basis = make_basis(torch.from_numpy(np.ascontiguousarray(x[train])))
-        codes = one_hot_pm(torch.from_numpy(y[train]), n_classes)
+        labels = torch.from_numpy(y[train]).long()[:, None]  # [rows, 1 probe]
         inner = torch.from_numpy(fold[train] != (f + 1) % k)
-        choice = len(ALPHAS) - 1
+        choice = torch.tensor([len(ALPHAS) - 1])
         if bool(inner.any()) and not bool(inner.all()):
-            coef, b = ridge_subset(basis, inner, codes[inner], alphas)
-            scores = basis.P[~inner] @ coef + b[:, None, :]  # [alpha, m, class]
-            hits = (scores.argmax(2) == torch.from_numpy(y[train])[~inner][None]).double().mean(1)
-            choice = int(len(ALPHAS) - 1 - torch.argmax(hits.flip(0)))
-        everything = torch.ones(int(train.sum()), dtype=torch.bool)
-        coef, b = ridge_subset(basis, everything, codes, alphas[choice : choice + 1])
-        w, b0 = basis.raw_weights(coef[0], b[0])
-        predicted = (torch.from_numpy(x[test]).to(F64) @ w + b0).argmax(1).numpy()
+            choice = ridge_alpha_index(
+                basis, inner, labels[inner], labels[~inner], [n_classes], alphas
+            )
+        w, b = ridge_fit(basis, labels, [n_classes], alphas[choice])
+        predicted = (torch.from_numpy(x[test]).to(F64) @ w + b).argmax(1).numpy()
         correct += int((predicted == y[test]).sum())
         total += int(test.sum())
     return correct / total if total else float("nan")

@@ -477,7 +477,7 @@ def ridge_subset(
     return coef, ybar[None, :] - torch.einsum("r,arc->ac", m, coef)
 
 
-def _ridge_alpha_index(
+def ridge_alpha_index(
     basis: Basis,
     inner: torch.Tensor,
     y_in: torch.Tensor,
@@ -676,7 +676,7 @@ def _fit_fold(
     init = None
     inner, y, basis = data.inner, data.own_labels, data.bases[kind]
     if len(grid) > 1 and kind == "ridge":
-        idx = _ridge_alpha_index(basis, inner, y[inner], y[~inner], own_k, grid)
+        idx = ridge_alpha_index(basis, inner, y[inner], y[~inner], own_k, grid)
     elif len(grid) > 1:
         idx, starts = _logistic_c_index(
             basis,
