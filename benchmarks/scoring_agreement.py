@@ -1,11 +1,12 @@
 """Measure how often priorscope's scorer agrees with VLMEvalKit's rule-based scoring.
 
 Replies come from tests/real_style_outputs.py (phrasing classes seen in public answer files of
-LLaVA-style models), the reference from tests/vlmevalkit_reference.py (a faithful
+LLaVA-style models), the reference from priorscope.engine.data.vlmevalkit (a faithful
 re-implementation of VLMEvalKit's can_infer, YOrN_Extraction and VQA metrics). For each mix
 (``realistic``: classes weighted as models prompted the VLMEvalKit way reply; ``stress``: every
 class equally often) it prints agreement overall, by kind and for every phrasing class with a
-disagreement (with examples), and writes benchmarks/results/scoring_agreement.json.
+disagreement (with examples), for priorscope's own scorer and for ``--scorer vlmevalkit``
+(the same replies through ``scoring.score``), and writes benchmarks/results/scoring_agreement.json.
 
     python benchmarks/scoring_agreement.py             # 20,000 replies per mix, seed 0
     python benchmarks/scoring_agreement.py --n 2000    # quicker
@@ -29,9 +30,9 @@ from real_style_outputs import generate  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "scoring_agreement.json"
 
 
-def run(n: int, seed: int, mix: str) -> Tally:
-    """Return the agreement tally of ``n`` replies of one mix."""
-    return tally([judge(case) for case in generate(n, seed=seed, mix=mix)])
+def run(n: int, seed: int, mix: str, scorer: str = "priorscope") -> Tally:
+    """Return the agreement tally of ``n`` replies of one mix read by ``scorer``."""
+    return tally([judge(case, scorer) for case in generate(n, seed=seed, mix=mix)])
 
 
 def as_json(t: Tally) -> dict[str, object]:
@@ -65,12 +66,12 @@ def as_json(t: Tally) -> dict[str, object]:
     }
 
 
-def print_table(mix: str, t: Tally) -> None:
+def print_table(mix: str, t: Tally, scorer: str = "priorscope") -> None:
     """Print agreement by kind and every class with a disagreement."""
     assert t.by_kind is not None and t.by_kind_agree is not None and t.examples is not None
     assert t.by_class is not None and t.by_class_agree is not None
     print(
-        f"\n== {mix} mix: {t.agree}/{t.n} read alike ({100 * t.rate:.2f}%); "
+        f"\n== {mix} mix, --scorer {scorer}: {t.agree}/{t.n} read alike ({100 * t.rate:.2f}%); "
         f"{t.same_score}/{t.n} scored alike ({100 * t.score_rate:.2f}%)"
     )
     print(f"{'kind':<18}{'n':>7}{'agree':>9}")
@@ -109,6 +110,13 @@ def main() -> None:
         result = run(args.n, args.seed, mix)
         print_table(mix, result)
         out[mix] = as_json(result)
+    # --scorer vlmevalkit: the same replies through scoring.score with VLMEvalKit's rules.
+    theirs: dict[str, object] = {}
+    for mix in ("realistic", "stress"):
+        result = run(args.n, args.seed, mix, "vlmevalkit")
+        print_table(mix, result, "vlmevalkit")
+        theirs[mix] = as_json(result)
+    out["vlmevalkit_scorer"] = theirs
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(f"\nWrote {RESULTS.relative_to(ROOT)}")

@@ -62,6 +62,12 @@ def _capture(
     duplicate_ids: str = DUPLICATE_IDS,
     missing_image: str = MISSING_IMAGE,
     metric: str = METRIC,
+    scorer: str = typer.Option(
+        "priorscope",
+        "--scorer",
+        help="How replies are read and scored: priorscope, or vlmevalkit (VLMEvalKit's "
+        "rule-based extraction, quirks included, for numbers comparable with it).",
+    ),
     on_bad: str = typer.Option(
         "error",
         "--on-bad",
@@ -98,6 +104,7 @@ def _capture(
         shard_examples=shard_examples,
         progress=progress,
         grad=grad,
+        scorer=scorer,
         data_options=data_options(
             answer_is_index, yes_no_01, duplicate_ids, missing_image, metric, on_bad
         ),

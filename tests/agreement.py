@@ -11,10 +11,10 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-import vlmevalkit_reference as ref
 from real_style_outputs import Case
 
 from priorscope.engine.data import scoring
+from priorscope.engine.data import vlmevalkit as ref
 
 
 @dataclass(frozen=True)
@@ -32,23 +32,24 @@ def _score_text(value: float) -> str:
     return f"{value:.4f}"
 
 
-def judge(case: Case) -> Verdict:
-    """Return the Verdict of one case."""
+def judge(case: Case, scorer: str = "priorscope") -> Verdict:
+    """Return the Verdict of one case, read by ``scoring.score`` with ``scorer``."""
     ex, reply = case.example, case.reply
+    got = scoring.score(ex, reply, scorer)
     if case.kind == "multiple choice":
-        ours = scoring.extract_choice(reply, ex.options)
+        ours = got.answer
         theirs = ref.choice_letter(reply, ex.options)
         hit = ex.answers[0]
         return Verdict(
             case, str(ours), str(theirs), ours == theirs, (ours == hit) == (theirs == hit)
         )
     if case.kind == "yes/no":
-        said = scoring.normalize_yes_no(reply)
+        said = got.answer
         found = ref.yorn_extraction(reply)
         other = None if found == "Unknown" else found.lower()
         hit = ex.answers[0]
         return Verdict(case, str(said), str(other), said == other, (said == hit) == (other == hit))
-    value = scoring.score(ex, reply).score
+    value = got.score
     reference = {
         "vqa": ref.vqa_score,
         "relaxed": ref.relaxed_accuracy,

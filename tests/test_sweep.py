@@ -302,6 +302,7 @@ BAD = [
     ("[capture]", "full_seq = -1", "capture.full_seq", "a non-negative integer"),
     ("[capture]", "layers = 3", "capture.layers", "Expected a string"),
     ("[capture]", "hidden_dtype = 'fp8'", "capture", "fp8"),
+    ("[capture]", "scorer = 'vlmeval'", "capture.scorer", "priorscope, vlmevalkit"),
     ("[conditions]", "none = 'yes'", "conditions.none", "Expected true or false"),
     ("[analyses]", "by = 'colour'", "analyses.by", "benchmark, category"),
     ("[analyses]", "probes = true", "analyses.probes", "decay and report only"),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from priorscope.engine.conditions import DEFAULT_LADDER, REDUCTIONS, Condition, build_conditions
+from priorscope.engine.data.scoring import check_scorer
 from priorscope.engine.errors import UsageError
 from priorscope.engine.store.dtypes import parse_hidden_dtype
 
@@ -43,8 +44,10 @@ class CaptureConfig:
 
     ``layers`` and ``full_seq_layers`` are specs for :func:`parse_layers` (``all``, ``0,4,8``,
     ``0:36:2``); ``grad`` also stores the gold-vs-prior margin gradients (``patch --estimate``);
-    ``data_options`` are keyword arguments of ``priorscope.engine.data.load``; ``hidden_dtype`` ``auto`` stores the model's dtype; ``shard_examples`` 0 picks a
-    shard of about 64 MiB of hidden states; ``shard`` is (rank, world).
+    ``data_options`` are keyword arguments of ``priorscope.engine.data.load``; ``hidden_dtype``
+    ``auto`` stores the model's dtype; ``shard_examples`` 0 picks a shard of about 64 MiB of
+    hidden states; ``shard`` is (rank, world); ``scorer`` reads the replies as priorscope does
+    or as VLMEvalKit's rules do (``scoring.SCORERS``).
     """
 
     model: str
@@ -69,6 +72,7 @@ class CaptureConfig:
     max_pending: int = 4
     wait_for_store_s: float = 600.0
     grad: bool = False
+    scorer: str = "priorscope"
     data_options: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def conditions(self) -> list[Condition]:
@@ -134,5 +138,6 @@ def validate(cfg: CaptureConfig) -> CaptureConfig:
     if not Path(cfg.data).exists() and not cfg.data.startswith("builtin:"):
         raise UsageError(f"Expected --data to name an existing file. Got {cfg.data!r}, not found.")
     cfg.conditions()  # validates the ladder
+    check_scorer(cfg.scorer)
     parse_shard(f"{cfg.shard[0]}/{cfg.shard[1]}")
     return cfg

@@ -64,6 +64,7 @@ class _Job:
     skip_marks: bool = False  # the store has commit/skipped: write each shard's marks
     skipped: int = 0
     tried: int = 0  # examples run so far (skipped ones included)
+    scorer: str = "priorscope"  # scoring.SCORERS
 
 
 def capture(cfg: CaptureConfig, *, adapter: VLMAdapter | None = None) -> str:
@@ -195,6 +196,7 @@ def _job(
         recorder=Recorder(adapter, layout.layers, layout.reductions, layout.fullseq.layers),
         fullseq=set(layout.fullseq.examples),
         grad=cfg.grad,
+        scorer=cfg.scorer,
         on_bad=on_bad,
         # Marks are written whenever the store has the array (whatever this run's policy),
         # so a shard's marks never depend on which run computed it.
@@ -508,7 +510,7 @@ def run_batch(
             if not ex.answers:  # capturable, not scorable: the score stays NaN
                 score[row, ci] = np.nan
                 continue
-            result = scoring.score(ex, raw[row, ci])
+            result = scoring.score(ex, raw[row, ci], job.scorer)
             answer[row, ci] = result.answer or ""
             extracted[row, ci], score[row, ci] = bool(result.extracted), float(result.score)
     stacked = reduced.view(c, b, *reduced.shape[1:]).transpose(0, 1)

@@ -193,6 +193,8 @@ def identity(cfg: CaptureConfig, adapter: VLMAdapter, data_sha: str) -> dict[str
     # --on-bad never changes a committed row (a bad example is refused or marked skipped), so
     # it is no identity: a capture stopped at a bad image goes on with --on-bad skip.
     out["data_options"] = {k: v for k, v in cfg.data_options.items() if k != "on_bad"}
+    if cfg.scorer != "priorscope":  # recorded only when set, so older stores keep their identity
+        out["scorer"] = cfg.scorer
     return out
 
 

@@ -18,7 +18,9 @@
     (lowercased, whitespace collapsed), 0 when under 0.5.
 
 Every scorer returns a score in [0, 1] and says whether an answer could be extracted at all.
-engine/data/COMPATIBILITY.md lists where this differs from VLMEvalKit's rule-based scoring.
+engine/data/COMPATIBILITY.md lists where this differs from VLMEvalKit's rule-based scoring;
+``score(..., scorer="vlmevalkit")`` (``capture --scorer vlmevalkit``) scores exactly as those
+rules do instead (:mod:`priorscope.engine.data.vlmevalkit`).
 """
 
 from __future__ import annotations
@@ -50,10 +52,12 @@ __all__ = [
     "NO_WORDS",
     "NUMBER_WORDS",
     "RULES",
+    "SCORERS",
     "YES_WORDS",
     "Score",
     "answer_vocabulary",
     "candidates",
+    "check_scorer",
     "extract_choice",
     "extract_open",
     "normalize_answer",
@@ -97,13 +101,35 @@ def soft_accuracy(prediction: str, golds: Sequence[str]) -> float:
     return sum(min(1.0, (total - hit) / 3.0) for hit in hits) / len(golds)
 
 
-def score(example: Example, text: str) -> Score:
-    """Return the Score of reply ``text`` for ``example`` (rules in the module docstring)."""
+# priorscope's reading of replies, or VLMEvalKit's rule-based one (quirks included).
+SCORERS: tuple[str, ...] = ("priorscope", "vlmevalkit")
+
+
+def check_scorer(scorer: str, where: str = "--scorer") -> str:
+    """Return ``scorer`` when it is one of :data:`SCORERS`; raise UsageError naming ``where``."""
+    if scorer not in SCORERS:
+        raise UsageError(
+            f"Expected {where} to be one of {', '.join(SCORERS)}. Got {scorer!r} instead."
+        )
+    return scorer
+
+
+def score(example: Example, text: str, scorer: str = "priorscope") -> Score:
+    """Return the Score of reply ``text`` for ``example``.
+
+    ``scorer`` ``priorscope`` applies the rules in the module docstring, ``vlmevalkit``
+    VLMEvalKit's (:func:`priorscope.engine.data.vlmevalkit.score_reply`).
+    """
     if not example.answers:
         raise UsageError(
             f"Expected example {example.id!r} to have a gold answer. Got none instead; it can "
             "be captured and analysed for invariance, but not scored."
         )
+    if check_scorer(scorer, "scorer") == "vlmevalkit":
+        from priorscope.engine.data.vlmevalkit import score_reply
+
+        found, value, extracted = score_reply(rule(example), text, example.answers, example.options)
+        return Score(found, value, extracted)
     if example.is_multiple_choice:
         letter = extract_choice(text, example.options)
         hit = letter is not None and letter in example.answers

@@ -17,6 +17,7 @@ A sweep file reads like this (every key but ``models`` and ``benchmarks`` is opt
     ladder = [0.005, 0.01, 0.02, 0.04, 0.08, 0.16]
     [capture]
     batch_size = 8
+    scorer = "priorscope"       # or "vlmevalkit": VLMEvalKit's rule-based reading of replies
     [analyses]
     n_boot = 1000
 
@@ -36,6 +37,7 @@ from typing import Any
 
 from priorscope.engine.capture.config import CaptureConfig, validate
 from priorscope.engine.conditions import DEFAULT_LADDER, REDUCTIONS, build_conditions
+from priorscope.engine.data.scoring import SCORERS
 from priorscope.engine.errors import PriorscopeError, UsageError
 
 if sys.version_info >= (3, 11):
@@ -153,8 +155,12 @@ class CaptureOptions:
     hidden_dtype: str = "auto"
     max_new_tokens: int = 16
     shard_examples: int = 0
+    scorer: str = "priorscope"
 
     def __post_init__(self) -> None:
+        _expect(
+            self.scorer in SCORERS, "capture.scorer", f"one of {', '.join(SCORERS)}", self.scorer
+        )
         try:
             build_conditions(self.ladder, total=self.total, none=self.none)
         except UsageError as exc:
@@ -303,6 +309,7 @@ class SweepConfig:
             dtype=m.dtype or c.dtype,
             hidden_dtype=c.hidden_dtype,
             max_new_tokens=c.max_new_tokens,
+            scorer=c.scorer,
             shard=shard,
             limit=b.limit,
             shard_examples=c.shard_examples,
@@ -455,6 +462,7 @@ def _capture_options(cond: _Table, cap: _Table) -> CaptureOptions:
         ("hidden_dtype", str),
         ("max_new_tokens", int),
         ("shard_examples", int),
+        ("scorer", str),
     ):
         if name in cap.data:
             kwargs[name] = cap.get(name, kind)

@@ -119,6 +119,8 @@ def recorded_drift(recorded: dict[str, Any], cfg: CaptureConfig) -> list[str]:
             wanted[key] = parse_hidden_dtype(wanted[key])
     if not wanted["shard_examples"]:
         wanted["shard_examples"] = recorded.get("shard_examples")
+    if cfg.scorer != "priorscope":
+        wanted["scorer"] = cfg.scorer
     return config_differences(recorded, json.loads(json.dumps(wanted)))
 
 

@@ -1,6 +1,9 @@
-"""A faithful re-implementation of VLMEvalKit's rule-based answer matching, as the reference.
+"""VLMEvalKit's rule-based scoring, re-implemented quirk for quirk: ``--scorer vlmevalkit``.
 
-Written from VLMEvalKit's source (open-compass/VLMEvalKit, read, not copied):
+priorscope's own scorer (:mod:`priorscope.engine.data.scoring`) reads some replies differently on
+purpose (engine/data/COMPATIBILITY.md lists every class and why). This module scores exactly as
+VLMEvalKit's rules do, for numbers comparable with results computed there. Written from
+VLMEvalKit's source (open-compass/VLMEvalKit, read, not copied):
 
 - ``vlmeval/utils/matching_util.py`` (commit 18fc37a): ``can_infer_option``,
   ``can_infer_text``, ``can_infer``. Run without the ``VERBOSE`` environment variable, as
@@ -17,7 +20,8 @@ Written from VLMEvalKit's source (open-compass/VLMEvalKit, read, not copied):
 - ``vlmeval/dataset/utils/yorn.py``: ``YOrN_Extraction``.
 
 In VLMEvalKit a multiple-choice reply the rules cannot read goes to an LLM judge, or, under the
-``exact_matching`` policy, is scored as 'Z' (wrong); here both False and 'Z' mean "no answer".
+``exact_matching`` policy, is scored as 'Z' (wrong); here both False and 'Z' mean "no answer",
+scored 0. :func:`score_reply` picks the method per rule as VLMEvalKit picks it per dataset.
 """
 
 from __future__ import annotations
@@ -208,9 +212,13 @@ def relaxed_correctness(target: str, prediction: str, max_relative_change: float
 
 
 def relaxed_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """Return the best relaxed correctness over golds (ChartQA's ``max``)."""
+    """Return the best relaxed correctness over golds (ChartQA's ``max``).
+
+    As in ``process_line``, the reply is passed as ``target`` and each gold as ``prediction``
+    (sic): the change is relative to the reply, and a reply of 0 is compared as text.
+    """
     pred = prediction.strip()
-    return float(max(relaxed_correctness(x, pred) for x in answers))
+    return float(max(relaxed_correctness(pred, x) for x in answers))
 
 
 def levenshtein_distance(s1: str, s2: str) -> int:
@@ -232,7 +240,8 @@ def anls_compute(groundtruth: str, prediction: str) -> float:
     gt_answer = " ".join(groundtruth.strip().lower().split())
     det_answer = " ".join(prediction.strip().lower().split())
     dist = levenshtein_distance(gt_answer, det_answer)
-    length = max(len(gt_answer), len(det_answer))
+    # sic: the lengths of the texts as given, not of the normalised ones the distance compares
+    length = max(len(groundtruth.upper()), len(prediction.upper()))
     return 0.0 if length == 0 else float(dist) / float(length)
 
 
@@ -251,3 +260,35 @@ def yorn_extraction(output: str) -> str:
     if "yes" not in words and "no" in words:
         return "No"
     return "Unknown"
+
+
+# -- one reply, as VLMEvalKit's dataset classes route it --------------------------------------
+def score_reply(
+    rule: str, reply: str, golds: Sequence[str], options: Sequence[str] = ()
+) -> tuple[str | None, float, bool]:
+    """Return (answer, score, extracted) of ``reply`` under one of ``scoring.RULES``.
+
+    ``choice``: :func:`can_infer` (the letter, right when it is a gold letter). ``yes/no``:
+    ``YOrN_Extraction`` against the gold. ``vqa``: ``vqa_score`` (the mean over golds of
+    min(1, other matching golds / 3)) with several golds; with one gold ``accuracy``, as
+    VLMEvalKit scores its single-answer sets (GQA, OCRVQA), since ``vqa_score`` gives 0 there.
+    ``relaxed``: ChartQA's ``relaxed_accuracy``. ``anls``: DocVQA's ANLS.
+    """
+    if rule == "choice":
+        letter = choice_letter(reply, options)
+        return letter, float(letter is not None and letter in golds), letter is not None
+    if rule == "yes/no":
+        found = yorn_extraction(reply)
+        if found == "Unknown":
+            return None, 0.0, False
+        said = found.lower()
+        return said, float(said in {process_answer(g) for g in golds}), True
+    if rule == "vqa":
+        if len(golds) > 1:
+            return process_answer(reply), vqa_score(reply, golds), bool(reply.strip())
+        return reply.strip(), accuracy(reply, golds), bool(reply.strip())
+    if rule == "relaxed":
+        return reply.strip(), relaxed_accuracy(reply, golds), bool(reply.strip())
+    if rule == "anls":
+        return reply.strip(), anls(reply, golds), bool(reply.strip())
+    raise ValueError(f"Expected a scored rule (choice, yes/no, vqa, relaxed, anls). Got {rule!r}.")
