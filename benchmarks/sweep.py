@@ -109,7 +109,9 @@ def cli_start_seconds(repeats: int = 3) -> float:
     return float(np.median(times))
 
 
-def capture_cfg(model: str, data: Path, out: Path, args: argparse.Namespace) -> CaptureConfig:
+def capture_cfg(
+    model: str, data: Path, out: Path, args: argparse.Namespace, answer_from: str = "generate"
+) -> CaptureConfig:
     return CaptureConfig(
         model=model,
         data=str(data),
@@ -120,6 +122,7 @@ def capture_cfg(model: str, data: Path, out: Path, args: argparse.Namespace) -> 
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         progress=False,
+        answer_from=answer_from,
     )
 
 
@@ -128,6 +131,7 @@ def run_capture_cli(cfg: CaptureConfig) -> float:
     cmd = [*CLI, "capture", "--model", cfg.model, "--data", cfg.data, "--out", cfg.out]
     cmd += ["--device", "cpu", "--dtype", "fp32", "--batch-size", str(cfg.batch_size)]
     cmd += ["--max-new-tokens", str(cfg.max_new_tokens), "--no-progress"]
+    cmd += ["--answer-from", cfg.answer_from]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return time.perf_counter() - t0
@@ -146,18 +150,32 @@ def bench_model(name: str, args: argparse.Namespace, data: Path, work: Path) -> 
         torch_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype]
         adapter = build_adapter(name, args.device, torch_dtype)
     loop = run_loop(adapter, examples, DEFAULT_LADDER, args.max_new_tokens)
-    out = work / f"{name}.zarr"
-    if name == "organism":
-        cfg = capture_cfg("builtin:organism", data, out, args)
-        cap_s, start_s = run_capture_cli(cfg), 0.0
-    else:
-        cfg = capture_cfg(f"random:{name}", data, out, args)
-        start_s = cli_start_seconds(args.start_repeats)
+    start_s = 0.0 if name == "organism" else cli_start_seconds(args.start_repeats)
+
+    def timed(answer_from: str) -> tuple[float, Path]:
+        out = work / f"{name}-{answer_from}.zarr"
+        model = "builtin:organism" if name == "organism" else f"random:{name}"
+        cfg = capture_cfg(model, data, out, args, answer_from)
+        if name == "organism":
+            return run_capture_cli(cfg), out
         t0 = time.perf_counter()
         capture(cfg, adapter=adapter)
-        cap_s = time.perf_counter() - t0 + start_s
+        return time.perf_counter() - t0 + start_s, out
+
+    cap_s, out = timed("generate")
     n_ic = len(examples) * (len(DEFAULT_LADDER) + 2)
     conds = [c for c, _ in loop_conditions(DEFAULT_LADDER)]
+    extra: dict[str, Any] = {}
+    if args.candidates:  # the same capture answering from the prefill's candidate log-probs
+        cand_s, cand_out = timed("candidates")
+        extra = {
+            "candidates_capture_s": cand_s,
+            "candidates_capture_ic_per_s": n_ic / cand_s,
+            "candidates_ratio": loop["seconds"] / cand_s,
+            "candidates_answers_equal": agreement(
+                loop["answers"], store_answers(str(cand_out)), conds
+            ),
+        }
     return {
         "model": name,
         "items": len(examples),
@@ -169,6 +187,7 @@ def bench_model(name: str, args: argparse.Namespace, data: Path, work: Path) -> 
         "capture_ic_per_s": n_ic / cap_s,
         "ratio": loop["seconds"] / cap_s,
         "answers_equal": agreement(loop["answers"], store_answers(str(out)), conds),
+        **extra,
     }
 
 
@@ -183,6 +202,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--start-repeats", type=int, default=3, help="CLI start timings")
     parser.add_argument("--out-json", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--candidates",
+        action="store_true",
+        help="Also time capture --answer-from candidates (answers read at the prefill).",
+    )
     args = parser.parse_args()
     if args.device != "cpu" and "organism" in args.models.split(","):
         raise SystemExit("The organism runs as a CPU subprocess: use --models medium,3b here.")
@@ -201,6 +225,14 @@ def main() -> None:
                 f"answers equal {json.dumps({k: round(v, 3) for k, v in r['answers_equal'].items()})}",
                 flush=True,
             )
+            if args.candidates:
+                same = {k: round(v, 3) for k, v in r["candidates_answers_equal"].items()}
+                print(
+                    f"{'':9s} --answer-from candidates: capture "
+                    f"{r['candidates_capture_ic_per_s']:8.1f} ic/s  ratio "
+                    f"{r['candidates_ratio']:5.2f}x  answers equal {json.dumps(same)}",
+                    flush=True,
+                )
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),

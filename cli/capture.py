@@ -68,6 +68,13 @@ def _capture(
         help="How replies are read and scored: priorscope, or vlmevalkit (VLMEvalKit's "
         "rule-based extraction, quirks included, for numbers comparable with it).",
     ),
+    answer_from: str = typer.Option(
+        "generate",
+        "--answer-from",
+        help="generate: greedy decoding; candidates: an example whose candidate answers are "
+        "single tokens (multiple choice, yes/no, the benchmark's answer vocabulary) is answered "
+        "by its most likely candidate at the prefill, with no decoding; others still generate.",
+    ),
     on_bad: str = typer.Option(
         "error",
         "--on-bad",
@@ -105,6 +112,7 @@ def _capture(
         progress=progress,
         grad=grad,
         scorer=scorer,
+        answer_from=answer_from,
         data_options=data_options(
             answer_is_index, yes_no_01, duplicate_ids, missing_image, metric, on_bad
         ),

@@ -7,6 +7,9 @@ prefill plus one decode step (the one that yields the end-of-turn token), not
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import torch
 
 from priorscope.engine.data import synth
@@ -36,3 +39,99 @@ def test_generate_stops_once_every_row_has_ended() -> None:
         )
     new = out[:, batch["input_ids"].shape[1] :]
     assert new.shape[1] == 2 and (new[:, 1] == eos).all()
+
+
+# -- capture --answer-from candidates (issue 15, lever b) --------------------------------------
+def _capture_counting(root, name, rows, answer_from):
+    """Return (store path, lm_head calls) of a capture of ``rows`` (clean, one blur, total)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from capture_support import DEFAULTS
+
+    from priorscope.engine.capture import CaptureConfig, capture
+
+    adapter = load_model("builtin:organism", device="cpu", dtype="fp32")
+    calls: list[int] = []
+    handle = adapter.model.get_output_embeddings().register_forward_hook(lambda *_: calls.append(1))
+    data = synth.write_tsv(rows, root / f"{name}.tsv")
+    options = {**DEFAULTS, "ladder": (0.02,), "max_new_tokens": 8, "batch_size": 8}
+    cfg = CaptureConfig(
+        model="builtin:organism",
+        data=str(data),
+        out=str(root / f"{name}.zarr"),
+        answer_from=answer_from,
+        **options,
+    )
+    try:
+        capture(cfg, adapter=adapter)
+    finally:
+        handle.remove()
+    return root / f"{name}.zarr", len(calls)
+
+
+def _arrays_equal(a, b, skip=()):
+    from store_support import store_arrays
+
+    left, right = store_arrays(a), store_arrays(b)
+    assert sorted(left) == sorted(right)
+    for key, x in left.items():
+        if key in skip:
+            continue
+        y = right[key]
+        same = (
+            np.array_equal(x.view(f"u{x.itemsize}"), y.view(f"u{y.itemsize}"))
+            if x.dtype.kind == "f"
+            else np.array_equal(x, y)
+        )
+        assert same, key
+
+
+def test_answers_read_at_the_prefill_equal_generated_ones_without_decoding(tmp_path) -> None:
+    # Open questions: the organism answers with one vocabulary word, so reading the most likely
+    # vocabulary answer at the prefill must give the generated answer, every store array equal.
+    rows = synth.generate(synth.SynthConfig(n=24, seed=3, size=84))
+    gen, gen_calls = _capture_counting(tmp_path, "gen", rows, "generate")
+    cand, cand_calls = _capture_counting(tmp_path, "cand", rows, "candidates")
+    _arrays_equal(gen, cand)
+    batches = -(-24 // 8)
+    assert cand_calls == batches, "one prefill per batch (every condition in one forward)"
+    assert gen_calls >= 2 * batches, "generation decodes at least one step"
+    from priorscope.engine import open_store
+
+    assert open_store(cand).attrs["config"]["answer_from"] == "candidates"
+
+
+def test_multiple_choice_answers_are_the_best_option_letter(tmp_path) -> None:
+    from priorscope.engine import open_store
+
+    rows = synth.generate(synth.SynthConfig(n=16, seed=4, size=84, mc=True))
+    gen, _ = _capture_counting(tmp_path, "gen", rows, "generate")
+    cand, calls = _capture_counting(tmp_path, "cand", rows, "candidates")
+    # Hidden states and candidate log-probs are the prefill's either way.
+    _arrays_equal(
+        gen, cand, skip=("outputs/raw", "outputs/answer", "outputs/score", "outputs/extracted")
+    )
+    store = open_store(cand)
+    letters = list(store.attrs["candidates"])
+    logp, raw = store.outputs("cand_logprob"), store.outputs("raw")
+    for row, options in enumerate(store.examples().column("options")):
+        k = len(options)  # the table decodes the option lists
+        want = [letters[i] for i in logp[row][:, :k].argmax(axis=1)]
+        assert list(raw[row]) == want
+    assert store.outputs("extracted").all() and calls == 2
+
+
+def test_examples_with_unseparable_candidates_are_still_generated(tmp_path) -> None:
+    # Two gold answers the word-level tokenizer does not know share its unknown token: those
+    # examples cannot be read at the prefill and are generated; the others in the batch are not.
+    rows = synth.generate(synth.SynthConfig(n=16, seed=5, size=84))
+    odd = {1: "aquamarine", 6: "vermilion"}
+    rows = [
+        dataclasses.replace(r, answers=(odd[i],)) if i in odd else r for i, r in enumerate(rows)
+    ]
+    gen, _ = _capture_counting(tmp_path, "gen", rows, "generate")
+    cand, calls = _capture_counting(tmp_path, "cand", rows, "candidates")
+    _arrays_equal(gen, cand)  # the generated answers are vocabulary words here too
+    assert calls > 2, "the batches holding those examples decode"

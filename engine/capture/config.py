@@ -38,6 +38,10 @@ IDENTITY_FIELDS = (
 )
 
 
+# How answers are read: greedy generation, or the best single-token candidate at the prefill.
+ANSWER_FROM = ("generate", "candidates")
+
+
 @dataclass(frozen=True)
 class CaptureConfig:
     """Everything ``priorscope capture`` needs; see :func:`priorscope.engine.capture.capture`.
@@ -47,7 +51,10 @@ class CaptureConfig:
     ``data_options`` are keyword arguments of ``priorscope.engine.data.load``; ``hidden_dtype``
     ``auto`` stores the model's dtype; ``shard_examples`` 0 picks a shard of about 64 MiB of
     hidden states; ``shard`` is (rank, world); ``scorer`` reads the replies as priorscope does
-    or as VLMEvalKit's rules do (``scoring.SCORERS``).
+    or as VLMEvalKit's rules do (``scoring.SCORERS``); ``answer_from`` ``candidates`` reads the
+    answer of every example whose candidate answers are single tokens (multiple choice, yes/no,
+    the benchmark's answer vocabulary) as the most likely candidate at the prefill, with no
+    decoding, and generates only the others (``ANSWER_FROM``).
     """
 
     model: str
@@ -73,6 +80,7 @@ class CaptureConfig:
     wait_for_store_s: float = 600.0
     grad: bool = False
     scorer: str = "priorscope"
+    answer_from: str = "generate"
     data_options: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def conditions(self) -> list[Condition]:
@@ -139,5 +147,10 @@ def validate(cfg: CaptureConfig) -> CaptureConfig:
         raise UsageError(f"Expected --data to name an existing file. Got {cfg.data!r}, not found.")
     cfg.conditions()  # validates the ladder
     check_scorer(cfg.scorer)
+    if cfg.answer_from not in ANSWER_FROM:
+        raise UsageError(
+            f"Expected --answer-from to be one of {', '.join(ANSWER_FROM)}. Got "
+            f"{cfg.answer_from!r} instead."
+        )
     parse_shard(f"{cfg.shard[0]}/{cfg.shard[1]}")
     return cfg

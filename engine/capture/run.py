@@ -21,6 +21,7 @@ from priorscope.engine.capture.plan import Plan, batches_of_shard
 from priorscope.engine.capture.progress import CaptureProgress, RankLog, describe_runs
 from priorscope.engine.capture.setup import open_capture_store, prepare
 from priorscope.engine.conditions import Condition
+from priorscope.engine.data import scoring
 from priorscope.engine.errors import (
     CaptureInterrupted,
     DataError,
@@ -28,6 +29,7 @@ from priorscope.engine.errors import (
     ModelError,
     PriorscopeError,
     StoreError,
+    UsageError,
 )
 from priorscope.engine.models.base import VLMAdapter
 from priorscope.engine.store import commit_mask
@@ -65,6 +67,25 @@ class _Job:
     skipped: int = 0
     tried: int = 0  # examples run so far (skipped ones included)
     scorer: str = "priorscope"  # scoring.SCORERS
+    # --answer-from candidates: the candidate axis index of every single-token candidate, and the
+    # benchmark's answer vocabulary (None: every answer is generated).
+    single: dict[str, int] | None = None
+    vocabulary: tuple[str, ...] = ()
+
+    def choices(self, example: Any) -> list[int] | None:
+        """Return the candidate axis indices ``example``'s answer is read from, or None.
+
+        None (generate the answer) unless ``--answer-from candidates`` and every candidate of
+        the example is a single token with a first token of its own.
+        """
+        if self.single is None or not (example.answers or example.is_multiple_choice):
+            return None
+        try:
+            names = scoring.candidates(example, self.vocabulary)
+        except UsageError:  # an open question and no vocabulary
+            return None
+        idx = [self.single.get(name) for name in names]
+        return None if any(i is None for i in idx) else [int(i) for i in idx]  # type: ignore[arg-type]
 
 
 def capture(cfg: CaptureConfig, *, adapter: VLMAdapter | None = None) -> str:
@@ -197,11 +218,24 @@ def _job(
         fullseq=set(layout.fullseq.examples),
         grad=cfg.grad,
         scorer=cfg.scorer,
+        single=_single_token_axis(adapter, layout) if cfg.answer_from == "candidates" else None,
+        vocabulary=scoring.answer_vocabulary(plan.examples),
         on_bad=on_bad,
         # Marks are written whenever the store has the array (whatever this run's policy),
         # so a shard's marks never depend on which run computed it.
         skip_marks=has_skip_marks(group),
     )
+
+
+def _single_token_axis(adapter: VLMAdapter, layout: StoreLayout) -> dict[str, int]:
+    """Return {candidate: axis index} of the candidates that are one token of their own."""
+    names = list(layout.candidates)
+    if not names:
+        return {}
+    single = adapter.single_token_candidates(names)
+    ids = adapter.candidate_token_ids(names)
+    shared = {t for t in ids if ids.count(t) > 1}  # two candidates, one token: not separable
+    return {n: i for i, n in enumerate(names) if single[i] and ids[i] not in shared}
 
 
 def _attr_list(group: zarr.Group, name: str) -> list[Any]:
@@ -476,8 +510,6 @@ def run_batch(
     each row's padding as it is and pays the per-call cost of ``generate`` once, not per
     condition. ``prepared`` is the batch's inputs made ahead (or the error making them raised).
     """
-    from priorscope.engine.data import scoring
-
     if isinstance(prepared, BaseException):
         raise prepared
     if prepared is None or prepared.indices != list(indices):
@@ -485,11 +517,13 @@ def run_batch(
     examples = prepared.examples
     names = [cond.name for cond in job.conditions]
     b, c = len(indices), len(names)
+    choices = [job.choices(ex) for ex in examples]
+    decode = any(ch is None for ch in choices)  # else every answer is read at the prefill
     full_rows: dict[int, dict[str, Any]] = {}
     texts, parts, logit_parts, batches = [""] * (b * c), [], [], []
     order: list[int] = []
     for group, batch, kinds in prepared.groups:
-        got, reduced, logits = _forward(job, indices, group, batch, kinds, full_rows)
+        got, reduced, logits = _forward(job, indices, group, batch, kinds, full_rows, decode)
         for k, ci in enumerate(group):
             texts[ci * b : (ci + 1) * b] = got[k * b : (k + 1) * b]
         parts.append(reduced)
@@ -505,6 +539,8 @@ def run_batch(
     extracted = np.zeros((b, c), dtype=bool)
     score = np.zeros((b, c), dtype=np.float32)
     cand = torch.log_softmax(logits, dim=-1)[:, job.cand_ids].view(c, b, -1).transpose(0, 1)
+    if job.single is not None:
+        _read_candidates(raw, cand, choices, job.layout.candidates)
     for row, ex in enumerate(examples):
         for ci in range(c):
             if not ex.answers:  # capturable, not scorable: the score stays NaN
@@ -600,6 +636,24 @@ def _add_gradients(
         rows.fullseq[idx].grad = np.stack([parts[name] for name in fs.conditions], axis=1)
 
 
+def _read_candidates(
+    raw: np.ndarray,
+    cand: torch.Tensor,
+    choices: Sequence[list[int] | None],
+    names: Sequence[str],
+) -> None:
+    """Put each read-at-prefill answer into ``raw`` [b, C]: its best candidate (first on ties).
+
+    ``cand`` [b, C, K] holds the candidates' log-probs at the answer position.
+    """
+    values = cand.float().cpu().numpy()
+    for row, idx in enumerate(choices):
+        if idx is None:
+            continue
+        best = np.asarray(idx)[values[row][:, idx].argmax(axis=1)]
+        raw[row] = [names[k] for k in best]
+
+
 def _forward(
     job: _Job,
     indices: Sequence[int],
@@ -607,12 +661,13 @@ def _forward(
     batch: dict[str, torch.Tensor],
     kinds: torch.Tensor,
     full_rows: dict[int, dict[str, Any]],
+    decode: bool = True,
 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Run conditions ``group`` in one condition-major encoded batch (row ``k * b + r`` is
     condition ``group[k]`` of example r; ``kinds`` its token kinds).
 
     Return (answers, reductions [rows, layer, reduction, d_model], answer-position logits
-    [rows, V]).
+    [rows, V]). Without ``decode`` only the prefill runs and the answers are empty.
     """
     adapter, rec, fs = job.adapter, job.recorder, job.layout.fullseq
     b = len(indices)
@@ -624,7 +679,11 @@ def _forward(
         if i in job.fullseq
     ]
     rec.arm(kinds, keep_full=bool(wanted))
-    texts = adapter.generate(batch, max_new_tokens=job.max_new_tokens)
+    if decode:
+        texts = adapter.generate(batch, max_new_tokens=job.max_new_tokens)
+    else:
+        adapter.prefill(batch)
+        texts = [""] * int(batch["input_ids"].shape[0])
     missing = rec.missing()
     if missing:
         raise ModelError(

@@ -193,8 +193,11 @@ def identity(cfg: CaptureConfig, adapter: VLMAdapter, data_sha: str) -> dict[str
     # --on-bad never changes a committed row (a bad example is refused or marked skipped), so
     # it is no identity: a capture stopped at a bad image goes on with --on-bad skip.
     out["data_options"] = {k: v for k, v in cfg.data_options.items() if k != "on_bad"}
-    if cfg.scorer != "priorscope":  # recorded only when set, so older stores keep their identity
+    # Recorded only when set, so older stores keep their identity.
+    if cfg.scorer != "priorscope":
         out["scorer"] = cfg.scorer
+    if cfg.answer_from != "generate":
+        out["answer_from"] = cfg.answer_from
     return out
 
 

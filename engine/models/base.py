@@ -152,9 +152,27 @@ class VLMAdapter(ABC):
         weight: torch.Tensor = self.lm_head().weight  # type: ignore[assignment]
         return weight[ids].detach()
 
+    def single_token_candidates(self, candidates: Sequence[str]) -> list[bool]:
+        """Return whether each candidate answer is exactly one token after the prompt.
+
+        Only those can be read from the prefill's log-probs (``capture --answer-from
+        candidates``). This default knows no tokenizer layout and says no to every one.
+        """
+        return [False] * len(candidates)
+
     @abstractmethod
     def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int) -> list[str]:
         """Return the greedy continuation of each row, decoded without special tokens."""
+
+    def prefill(self, batch: dict[str, torch.Tensor]) -> None:
+        """Run the prompt through the model once, as the first step of :meth:`generate` does.
+
+        The forward hooks see what they see during ``generate``'s prefill; nothing is decoded.
+        """
+        import torch
+
+        with torch.no_grad():
+            self.model(**batch, use_cache=False)
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

@@ -339,16 +339,28 @@ class HFAdapter(VLMAdapter):
                     kinds[row, i] = TOKEN_TEXT
         return kinds
 
-    def candidate_token_ids(self, candidates: Sequence[str]) -> list[int]:
-        """Return each candidate's first token id as it would follow the generation prompt."""
+    def _answer_tokens(self, candidate: str) -> list[int] | None:
+        """Return the token ids a candidate adds after the generation prompt (None: it merges)."""
         tok = self.tokenizer
         prefix = self._render("x", 0)
         base = tok(prefix, add_special_tokens=False).input_ids
+        full = tok(prefix + self.answer_prefix + candidate, add_special_tokens=False).input_ids
+        if full[: len(base)] == base and len(full) > len(base):
+            return [int(t) for t in full[len(base) :]]
+        return None
+
+    def single_token_candidates(self, candidates: Sequence[str]) -> list[bool]:
+        """Return whether each candidate is exactly one token after the generation prompt."""
+        return [len(self._answer_tokens(c) or ()) == 1 for c in candidates]
+
+    def candidate_token_ids(self, candidates: Sequence[str]) -> list[int]:
+        """Return each candidate's first token id as it would follow the generation prompt."""
+        tok = self.tokenizer
         out = []
         for cand in candidates:
-            full = tok(prefix + self.answer_prefix + cand, add_special_tokens=False).input_ids
-            if full[: len(base)] == base and len(full) > len(base):
-                out.append(int(full[len(base)]))
+            after = self._answer_tokens(cand)
+            if after:
+                out.append(after[0])
             else:
                 alone = tok(cand, add_special_tokens=False).input_ids
                 if not alone:
@@ -373,6 +385,12 @@ class HFAdapter(VLMAdapter):
         with self.tokenizer_lock:
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [t.strip() for t in texts]
+
+    def prefill(self, batch: dict[str, torch.Tensor]) -> None:
+        import torch
+
+        with torch.no_grad():  # only the answer position's logits, as generate's prefill
+            self.model(**batch, use_cache=False, logits_to_keep=1)
 
     def weights_sha256(self) -> str:
         """Return a sha256 over the checkpoint's safetensors files, or over the state dict."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from priorscope.engine.capture.config import CaptureConfig, validate
+from priorscope.engine.capture.config import ANSWER_FROM, CaptureConfig, validate
 from priorscope.engine.conditions import DEFAULT_LADDER, REDUCTIONS, build_conditions
 from priorscope.engine.data.scoring import SCORERS
 from priorscope.engine.errors import PriorscopeError, UsageError
@@ -156,8 +156,15 @@ class CaptureOptions:
     max_new_tokens: int = 16
     shard_examples: int = 0
     scorer: str = "priorscope"
+    answer_from: str = "generate"
 
     def __post_init__(self) -> None:
+        _expect(
+            self.answer_from in ANSWER_FROM,
+            "capture.answer_from",
+            f"one of {', '.join(ANSWER_FROM)}",
+            self.answer_from,
+        )
         _expect(
             self.scorer in SCORERS, "capture.scorer", f"one of {', '.join(SCORERS)}", self.scorer
         )
@@ -310,6 +317,7 @@ class SweepConfig:
             hidden_dtype=c.hidden_dtype,
             max_new_tokens=c.max_new_tokens,
             scorer=c.scorer,
+            answer_from=c.answer_from,
             shard=shard,
             limit=b.limit,
             shard_examples=c.shard_examples,
@@ -463,6 +471,7 @@ def _capture_options(cond: _Table, cap: _Table) -> CaptureOptions:
         ("max_new_tokens", int),
         ("shard_examples", int),
         ("scorer", str),
+        ("answer_from", str),
     ):
         if name in cap.data:
             kwargs[name] = cap.get(name, kind)

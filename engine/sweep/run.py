@@ -121,6 +121,8 @@ def recorded_drift(recorded: dict[str, Any], cfg: CaptureConfig) -> list[str]:
         wanted["shard_examples"] = recorded.get("shard_examples")
     if cfg.scorer != "priorscope":
         wanted["scorer"] = cfg.scorer
+    if cfg.answer_from != "generate":
+        wanted["answer_from"] = cfg.answer_from
     return config_differences(recorded, json.loads(json.dumps(wanted)))
 
 
