@@ -207,6 +207,9 @@ def main() -> None:
         action="store_true",
         help="Also time capture --answer-from candidates (answers read at the prefill).",
     )
+    parser.add_argument(
+        "--open", action="store_true", help="Open questions (synth without --mc) instead."
+    )
     args = parser.parse_args()
     if args.device != "cpu" and "organism" in args.models.split(","):
         raise SystemExit("The organism runs as a CPU subprocess: use --models medium,3b here.")
@@ -214,7 +217,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        cfg = synth.SynthConfig(n=args.items, size=args.size, mc=True)
+        cfg = synth.SynthConfig(n=args.items, size=args.size, mc=not args.open)
         data = synth.write_tsv(synth.generate(cfg), work / "bench.tsv")
         for name in args.models.split(","):
             rows.append(bench_model(name, args, data, work))

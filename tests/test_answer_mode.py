@@ -103,24 +103,31 @@ def test_answers_read_at_the_prefill_equal_generated_ones_without_decoding(tmp_p
     assert open_store(cand).attrs["config"]["answer_from"] == "candidates"
 
 
-def test_multiple_choice_answers_are_the_best_option_letter(tmp_path) -> None:
+def test_multiple_choice_answers_are_the_best_letter_or_option_text(tmp_path) -> None:
     from priorscope.engine import open_store
 
     rows = synth.generate(synth.SynthConfig(n=16, seed=4, size=84, mc=True))
     gen, _ = _capture_counting(tmp_path, "gen", rows, "generate")
     cand, calls = _capture_counting(tmp_path, "cand", rows, "candidates")
-    # Hidden states and candidate log-probs are the prefill's either way.
-    _arrays_equal(
-        gen, cand, skip=("outputs/raw", "outputs/answer", "outputs/score", "outputs/extracted")
-    )
-    store = open_store(cand)
-    letters = list(store.attrs["candidates"])
-    logp, raw = store.outputs("cand_logprob"), store.outputs("raw")
-    for row, options in enumerate(store.examples().column("options")):
-        k = len(options)  # the table decodes the option lists
-        want = [letters[i] for i in logp[row][:, :k].argmax(axis=1)]
-        assert list(raw[row]) == want
-    assert store.outputs("extracted").all() and calls == 2
+    answers = ("outputs/raw", "outputs/answer", "outputs/score", "outputs/extracted")
+    _arrays_equal(gen, cand, skip=answers)  # the prefill's states and log-probs either way
+    assert calls == 2
+    a, b = open_store(gen), open_store(cand)
+    generated, read = a.outputs("raw"), b.outputs("raw")
+    options = b.examples().column("options")
+    # The organism was not trained on multiple choice: it often answers with some other word.
+    # Read among the letters and the option texts, the answer is always one of them, and it is
+    # the generated one wherever that was one of them (greedy's first token is the argmax).
+    alternatives = [set(opts) | set("ABCDEFGH"[: len(opts)]) for opts in options]
+    hits = 0
+    for row, allowed in enumerate(alternatives):
+        assert set(read[row]) <= allowed, (row, read[row])
+        for got, want in zip(read[row], generated[row], strict=True):
+            if want in allowed:
+                assert got == want, (row, got, want)
+                hits += 1
+    assert hits >= 10, "enough generated answers are options to check against"
+    assert b.outputs("extracted").all()
 
 
 def test_examples_with_unseparable_candidates_are_still_generated(tmp_path) -> None:

@@ -67,25 +67,43 @@ class _Job:
     skipped: int = 0
     tried: int = 0  # examples run so far (skipped ones included)
     scorer: str = "priorscope"  # scoring.SCORERS
-    # --answer-from candidates: the candidate axis index of every single-token candidate, and the
-    # benchmark's answer vocabulary (None: every answer is generated).
-    single: dict[str, int] | None = None
+    # --answer-from candidates: read one-token answers at the prefill (None: always generate).
+    answer_tokens: dict[str, int | None] | None = None
     vocabulary: tuple[str, ...] = ()
 
-    def choices(self, example: Any) -> list[int] | None:
-        """Return the candidate axis indices ``example``'s answer is read from, or None.
+    def choices(self, example: Any) -> list[tuple[str, int]] | None:
+        """Return the (answer, token id) pairs ``example``'s answer is read from, or None.
 
         None (generate the answer) unless ``--answer-from candidates`` and every candidate of
-        the example is a single token with a first token of its own.
+        the example (option letters, yes/no, else the benchmark's answer vocabulary) is one
+        token of its own. Multiple choice also admits the option texts that are one token,
+        and yes/no the capitalised words, as the model may answer either way.
         """
-        if self.single is None or not (example.answers or example.is_multiple_choice):
+        if self.answer_tokens is None or not (example.answers or example.is_multiple_choice):
             return None
         try:
-            names = scoring.candidates(example, self.vocabulary)
+            names = list(scoring.candidates(example, self.vocabulary))
         except UsageError:  # an open question and no vocabulary
             return None
-        idx = [self.single.get(name) for name in names]
-        return None if any(i is None for i in idx) else [int(i) for i in idx]  # type: ignore[arg-type]
+        extra: list[str] = []
+        if example.is_multiple_choice:
+            extra = list(example.options)
+        elif names == ["yes", "no"]:
+            extra = ["Yes", "No"]
+        pairs = [(name, self._token(name)) for name in names]
+        if any(t is None for _, t in pairs):
+            return None
+        pairs += [(name, t) for name in extra if (t := self._token(name)) is not None]
+        ids = [t for _, t in pairs]
+        if len(set(ids)) < len(ids):  # two answers, one token: not separable
+            return None
+        return [(name, int(t)) for name, t in pairs if t is not None]
+
+    def _token(self, answer: str) -> int | None:
+        assert self.answer_tokens is not None
+        if answer not in self.answer_tokens:
+            self.answer_tokens[answer] = self.adapter.answer_token(answer)
+        return self.answer_tokens[answer]
 
 
 def capture(cfg: CaptureConfig, *, adapter: VLMAdapter | None = None) -> str:
@@ -218,24 +236,13 @@ def _job(
         fullseq=set(layout.fullseq.examples),
         grad=cfg.grad,
         scorer=cfg.scorer,
-        single=_single_token_axis(adapter, layout) if cfg.answer_from == "candidates" else None,
+        answer_tokens={} if cfg.answer_from == "candidates" else None,
         vocabulary=scoring.answer_vocabulary(plan.examples),
         on_bad=on_bad,
         # Marks are written whenever the store has the array (whatever this run's policy),
         # so a shard's marks never depend on which run computed it.
         skip_marks=has_skip_marks(group),
     )
-
-
-def _single_token_axis(adapter: VLMAdapter, layout: StoreLayout) -> dict[str, int]:
-    """Return {candidate: axis index} of the candidates that are one token of their own."""
-    names = list(layout.candidates)
-    if not names:
-        return {}
-    single = adapter.single_token_candidates(names)
-    ids = adapter.candidate_token_ids(names)
-    shared = {t for t in ids if ids.count(t) > 1}  # two candidates, one token: not separable
-    return {n: i for i, n in enumerate(names) if single[i] and ids[i] not in shared}
 
 
 def _attr_list(group: zarr.Group, name: str) -> list[Any]:
@@ -539,8 +546,8 @@ def run_batch(
     extracted = np.zeros((b, c), dtype=bool)
     score = np.zeros((b, c), dtype=np.float32)
     cand = torch.log_softmax(logits, dim=-1)[:, job.cand_ids].view(c, b, -1).transpose(0, 1)
-    if job.single is not None:
-        _read_candidates(raw, cand, choices, job.layout.candidates)
+    if job.answer_tokens is not None:
+        _read_answers(raw, logits.view(c, b, -1), choices)
     for row, ex in enumerate(examples):
         for ci in range(c):
             if not ex.answers:  # capturable, not scorable: the score stays NaN
@@ -636,22 +643,17 @@ def _add_gradients(
         rows.fullseq[idx].grad = np.stack([parts[name] for name in fs.conditions], axis=1)
 
 
-def _read_candidates(
-    raw: np.ndarray,
-    cand: torch.Tensor,
-    choices: Sequence[list[int] | None],
-    names: Sequence[str],
+def _read_answers(
+    raw: np.ndarray, logits: torch.Tensor, choices: Sequence[list[tuple[str, int]] | None]
 ) -> None:
-    """Put each read-at-prefill answer into ``raw`` [b, C]: its best candidate (first on ties).
-
-    ``cand`` [b, C, K] holds the candidates' log-probs at the answer position.
-    """
-    values = cand.float().cpu().numpy()
-    for row, idx in enumerate(choices):
-        if idx is None:
+    """Put each read-at-prefill answer into ``raw`` [b, C]: the answer whose token has the
+    largest logit at the answer position (the first on ties). ``logits`` is [C, b, V]."""
+    for row, pairs in enumerate(choices):
+        if pairs is None:
             continue
-        best = np.asarray(idx)[values[row][:, idx].argmax(axis=1)]
-        raw[row] = [names[k] for k in best]
+        ids = torch.tensor([t for _, t in pairs], device=logits.device)
+        best = logits[:, row, ids].argmax(dim=1).tolist()
+        raw[row] = [pairs[k][0] for k in best]
 
 
 def _forward(

@@ -152,13 +152,14 @@ class VLMAdapter(ABC):
         weight: torch.Tensor = self.lm_head().weight  # type: ignore[assignment]
         return weight[ids].detach()
 
-    def single_token_candidates(self, candidates: Sequence[str]) -> list[bool]:
-        """Return whether each candidate answer is exactly one token after the prompt.
+    def answer_token(self, answer: str) -> int | None:
+        """Return the token id ``answer`` is when it follows the prompt, None when it takes
+        several tokens (or merges with the prompt's end).
 
-        Only those can be read from the prefill's log-probs (``capture --answer-from
-        candidates``). This default knows no tokenizer layout and says no to every one.
+        Only one-token answers can be read from the prefill's logits (``capture --answer-from
+        candidates``). This default knows no tokenizer layout and returns None.
         """
-        return [False] * len(candidates)
+        return None
 
     @abstractmethod
     def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int) -> list[str]:

@@ -349,9 +349,11 @@ class HFAdapter(VLMAdapter):
             return [int(t) for t in full[len(base) :]]
         return None
 
-    def single_token_candidates(self, candidates: Sequence[str]) -> list[bool]:
-        """Return whether each candidate is exactly one token after the generation prompt."""
-        return [len(self._answer_tokens(c) or ()) == 1 for c in candidates]
+    def answer_token(self, answer: str) -> int | None:
+        """Return the one token ``answer`` is after the generation prompt, else None."""
+        with self.tokenizer_lock:  # the prefetch thread may be encoding the next batch
+            after = self._answer_tokens(answer)
+        return after[0] if after is not None and len(after) == 1 else None
 
     def candidate_token_ids(self, candidates: Sequence[str]) -> list[int]:
         """Return each candidate's first token id as it would follow the generation prompt."""

@@ -18,6 +18,7 @@ A sweep file reads like this (every key but ``models`` and ``benchmarks`` is opt
     [capture]
     batch_size = 8
     scorer = "priorscope"       # or "vlmevalkit": VLMEvalKit's rule-based reading of replies
+    answer_from = "generate"    # or "candidates": single-token answers read at the prefill
     [analyses]
     n_boot = 1000
 
