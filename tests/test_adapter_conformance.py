@@ -187,6 +187,27 @@ class TestAdapterConformance:
         rows = adapter.unembed_rows(CANDIDATES)
         assert torch.equal(rows, adapter.lm_head().weight[ids])
 
+    def test_answer_tokens_and_prefill(
+        self, adapter: HFAdapter, batch: dict[str, torch.Tensor]
+    ) -> None:
+        # One-token answers are their candidate id; a two-word answer is no single token.
+        ids = adapter.candidate_token_ids(CANDIDATES)
+        got = [adapter.answer_token(c) for c in CANDIDATES]
+        assert got == [i if len(c.split()) == 1 else None for c, i in zip(CANDIDATES, ids)]
+        # prefill() is generate's prefill: every decoder layer and the answer position's logits.
+        sites = [*residual_sites("all", adapter.num_layers), LOGITS]
+        want, _ = prefill_reads(adapter, batch, sites)
+        seen: dict[str, torch.Tensor] = {}
+        reads = {s: (lambda t, s=s: seen.__setitem__(s, t.detach().clone())) for s in sites}
+        with hooks(adapter, reads=reads, prefill_only=True) as session:
+            adapter.prefill(batch)
+            assert not session.missing(sites)
+        for site in sites:
+            a, b = want[site], seen[site]
+            if site == LOGITS:
+                a, b = a[:, -1], b[:, -1]
+            torch.testing.assert_close(b, a, rtol=RTOL, atol=1e-6, msg=site)
+
     def test_vision_output_is_what_the_decoder_gets(
         self, family: str, adapter: HFAdapter, batch: dict[str, torch.Tensor]
     ) -> None:

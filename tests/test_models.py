@@ -211,6 +211,22 @@ def test_load_errors(tmp_path: Path) -> None:
         load_model(str(tmp_path), attn_implementation="flash")
 
 
+def test_auto_attention_is_flash_attention_only_where_it_runs() -> None:
+    import importlib.util
+
+    from priorscope.engine.models.registry import resolve_attention
+
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    assert resolve_attention("auto", "cpu", "bfloat16") == "sdpa"
+    assert resolve_attention("auto", "cuda", "float32") == "sdpa"  # flash-attn: fp16/bf16 only
+    want = "flash_attention_2" if has_flash else "sdpa"
+    assert resolve_attention("auto", "cuda:1", "bfloat16") == want
+    assert resolve_attention("auto", "cuda", torch.float16) == want
+    assert resolve_attention("eager", "cuda", "bfloat16") == "eager"
+    adapter = load_model("builtin:organism", attn_implementation="auto")
+    assert adapter.describe()["attn_implementation"] == "sdpa"
+
+
 def test_encode_rejects_mixed_image_batches(
     adapters: dict[str, HFAdapter], examples: list[Example]
 ) -> None:

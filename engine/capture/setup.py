@@ -170,7 +170,12 @@ def prepare(cfg: CaptureConfig, adapter: VLMAdapter | None) -> tuple[VLMAdapter,
         from priorscope.engine.models.registry import load_model
 
         device = resolve_device(cfg.device)
-        adapter = load_model(cfg.model, device=device, dtype=resolve_dtype(cfg.dtype, device))
+        adapter = load_model(
+            cfg.model,
+            device=device,
+            dtype=resolve_dtype(cfg.dtype, device),
+            attn_implementation="auto",  # flash-attention 2 where it runs, else sdpa
+        )
     examples, skipped, report = load_examples(cfg, adapter)
     check_text_only(cfg, examples)
     plan = make_plan(examples, cfg.full_seq)

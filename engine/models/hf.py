@@ -419,6 +419,7 @@ class HFAdapter(VLMAdapter):
             "d_model": self.d_model,
             "weights_sha256": self.weights_sha256(),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
             "processor": {"class": type(self.processor).__name__, "image_processor": settings},
             "prompt_template": self.prompt_template,
             "image_token_id": self.image_token_id,

@@ -30,7 +30,23 @@ ORGANISM_DIR = Path(__file__).resolve().parent / "organism" / "checkpoint"
 BUILTINS: dict[str, Path] = {"organism": ORGANISM_DIR}
 BUILTINS["bottleneck"] = ORGANISM_DIR.parent / "bottleneck"  # issue 13: planted groups
 BUILTIN_PREFIX = "builtin:"
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
+def resolve_attention(name: str, device: str, dtype: Any) -> str:
+    """Return the attention implementation ``name`` means on ``device`` in ``dtype``.
+
+    ``auto``: flash-attention 2 on a CUDA device in fp16/bf16 when the flash-attn package is
+    installed (it supports nothing else), sdpa otherwise.
+    """
+    if name != "auto":
+        return name
+    import importlib.util
+
+    half = str(_parse_dtype(dtype)).replace("torch.", "") in ("bfloat16", "float16")
+    if device.startswith("cuda") and half and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def resolve_path(name_or_path: str) -> tuple[str, bool]:
@@ -93,10 +109,12 @@ def load_model(
 
     The family comes from config.json's ``model_type``; unknown types use the generic
     fallback. Nothing is ever downloaded (``local_files_only``). ``dtype`` is a torch dtype, a
-    name such as ``"bfloat16"``, or None for the checkpoint's own.
+    name such as ``"bfloat16"``, or None for the checkpoint's own. ``attn_implementation``
+    ``auto`` is :func:`resolve_attention`'s choice.
     """
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise did_you_mean(attn_implementation, ATTN_IMPLEMENTATIONS, "attention implementation")
+    attn_implementation = resolve_attention(attn_implementation, device, dtype)
     if attn_implementation == "flash_attention_2":
         import importlib.util
 

@@ -164,7 +164,9 @@ def _load(model: ModelSpec, cfg: SweepConfig, device: str) -> Any:
     from priorscope.engine.capture.setup import resolve_dtype
 
     dtype = model.dtype or cfg.capture.dtype
-    return load_model(model.path, device=device, dtype=resolve_dtype(dtype, device))
+    return load_model(
+        model.path, device=device, dtype=resolve_dtype(dtype, device), attn_implementation="auto"
+    )
 
 
 def capture_jobs(
