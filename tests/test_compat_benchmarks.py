@@ -101,3 +101,16 @@ def test_mmstar_options_come_out_of_the_question(tmp_path):
     assert first.options[3] == "The suitcase is beneath the book."
     assert result.examples[1].options == ("red", "blue", "green", "white")
     assert any("from the question text" in note for note in result.notes)
+
+
+def test_the_readme_table_has_a_line_per_tested_benchmark():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Benchmark files") :]
+    rows = {
+        line.split("|")[1].strip()
+        for line in section.splitlines()
+        if line.startswith("| ") and not line.startswith("| ---")
+    }
+    assert {layout.benchmark for layout in LAYOUTS} <= rows
