@@ -101,7 +101,7 @@ T=$(cap 150 capture) && timeout "$T" "$PY" benchmarks/capture.py --model-size 3b
 # generate batch 1) against capture, random-weight Qwen2.5-VL-3B, bf16, 16 items x 8 conditions.
 # ---------------------------------------------------------------------------------------------
 T=$(cap 100 sweep) && timeout "$T" "$PY" benchmarks/sweep.py --models 3b --device cuda --dtype bf16 \
-    --items 16 --size 448 --batch-size 16 --max-new-tokens 8 --start-repeats 1 \
+    --items 16 --size 448 --batch-size 16 --max-new-tokens 8 --start-repeats 1 --candidates \
     --out-json "$OUT/sweep_gpu.json" 2>&1 | tee "$OUT/sweep_gpu.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
 
