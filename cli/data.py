@@ -1,4 +1,4 @@
-"""Commands ``priorscope synth``, ``priorscope data check`` and ``priorscope data show``."""
+"""Commands ``priorscope synth`` and ``priorscope data check``, ``data show``, ``data score``."""
 
 from __future__ import annotations
 
@@ -218,14 +218,123 @@ def _show(
         console.print(table)
 
 
+def _score(
+    file: Path = typer.Argument(..., help="Benchmark file (TSV, parquet or JSONL)."),
+    answers: Path = typer.Option(
+        ..., "--answers", help="The model's answer file (JSONL, JSON, TSV, CSV or parquet)."
+    ),
+    scorer: str = typer.Option(
+        "priorscope", "--scorer", help="priorscope, or vlmevalkit (VLMEvalKit's rules)."
+    ),
+    compare: bool = typer.Option(
+        False,
+        "--compare",
+        help="Also read every reply with the other scorer and show where "
+        "priorscope and VLMEvalKit part.",
+    ),
+    id_column: str = typer.Option(
+        None, "--id-column", help="Answer-file id column (default: question_id, index or id)."
+    ),
+    reply_column: str = typer.Option(
+        None,
+        "--reply-column",
+        help="Answer-file reply column (default: text, prediction, response, output or pred).",
+    ),
+    out: Path = typer.Option(None, "--out", help="Write every scored row to this TSV."),
+    show: int = typer.Option(10, "--show", help="Disagreements to print with --compare."),
+    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    image_root: Path = typer.Option(None, "--image-root", help="Folder image paths are under."),
+    column: list[str] = typer.Option(None, "--column", help=COLUMN_HELP),
+    answer_is_index: bool | None = ANSWER_IS_INDEX,
+    yes_no_01: bool | None = YES_NO_01,
+    duplicate_ids: str = DUPLICATE_IDS,
+    missing_image: str = MISSING_IMAGE,
+    metric: str = METRIC,
+) -> None:
+    """Score a model's answer file from another harness against a benchmark file.
+
+    Replies are matched by id (LLaVA answer JSONL: question_id/text; VLMEvalKit predictions:
+    index/prediction); repeated ids are numbered ID#k as the benchmark's are.
+
+    Example: priorscope data score llava_mme.jsonl --answers llava-v1.5-13b.jsonl --compare
+    """
+    import csv
+
+    from priorscope.engine.data import load, scoring
+    from priorscope.engine.data.replies import compare_scorers, load_replies, score_replies
+
+    scoring.check_scorer(scorer)
+    result = load(
+        file,
+        format=format,
+        columns=column or None,
+        image_root=image_root,
+        missing_image=missing_image,
+        answer_is_index=answer_is_index,
+        yes_no_01=yes_no_01,
+        duplicate_ids=duplicate_ids,
+        metric=metric,
+    )
+    replies = load_replies(answers, id_column=id_column, reply_column=reply_column)
+    scored = score_replies(result.examples, replies, scorer)
+    console.print(
+        f"[bold]{answers}[/bold] against [bold]{file}[/bold]: {len(replies.by_id)} replies "
+        f"({replies.id_column}/{replies.reply_column}; {replies.n_derived} with a derived id), "
+        f"{len(result.examples)} examples; {len(scored.rows)} scored, "
+        f"{len(scored.unanswered)} without a reply, {len(scored.unscored)} without a gold "
+        f"answer, {len(scored.unknown)} replies to no example.",
+        highlight=False,
+    )
+    if scored.unknown:
+        console.print(f"Replies to no example (first 5): {scored.unknown[:5]}", highlight=False)
+    table = Table(title=f"Accuracy, --scorer {scorer}", title_justify="left")
+    table.add_column("category")
+    table.add_column("n", justify="right")
+    table.add_column("accuracy", justify="right")
+    for name, (n, acc) in scored.by_category().items():
+        table.add_row(name, str(n), f"{100 * acc:.2f}%")
+    table.add_row("[bold]all[/bold]", str(len(scored.rows)), f"{100 * scored.accuracy:.2f}%")
+    console.print(table)
+    if compare:
+        other = "vlmevalkit" if scorer == "priorscope" else "priorscope"
+        theirs = score_replies(result.examples, replies, other)
+        pair = (scored, theirs) if scorer == "priorscope" else (theirs, scored)
+        cmp = compare_scorers(*pair)
+        console.print(
+            f"priorscope vs VLMEvalKit's rules: same reading {100 * cmp.reading_rate:.2f}%, same "
+            f"right/wrong verdict {100 * cmp.verdict_rate:.2f}% of {cmp.n} replies; accuracy "
+            f"{100 * pair[0].accuracy:.2f}% vs {100 * pair[1].accuracy:.2f}%.",
+            highlight=False,
+        )
+        for rule, (n, same) in sorted(cmp.by_rule.items()):
+            console.print(f"  {rule}: {same}/{n} read alike", highlight=False)
+        for d in cmp.disagreements[:show]:
+            reply = d.reply.replace("\n", "\\n")[:80]
+            console.print(
+                f"  {d.example_id} ({d.rule}): {reply!r} -> priorscope "
+                f"{d.priorscope.answer!r} ({d.priorscope.score:g}), VLMEvalKit "
+                f"{d.vlmevalkit.answer!r} ({d.vlmevalkit.score:g})",
+                highlight=False,
+            )
+    if out is not None:
+        with open(out, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(["id", "category", "rule", "reply", "answer", "extracted", "score"])
+            for ex, reply, s in scored.rows:
+                row = [ex.id, ex.category, scoring.rule(ex), reply, s.answer or "", s.extracted]
+                writer.writerow([*row, f"{s.score:g}"])
+        console.print(f"Wrote {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``synth`` and the ``data`` group (check, show) to the root app."""
     app.command("synth")(_synth)
     data_app = typer.Typer(
         name="data",
-        help="Check and inspect benchmark files.\n\nExample: priorscope data check bench.tsv",
+        help="Check, inspect and score benchmark files.\n\nExample: priorscope data check bench.tsv",
         no_args_is_help=True,
     )
     data_app.command("check")(_check)
     data_app.command("show")(_show)
+    data_app.command("score")(_score)
     app.add_typer(data_app, name="data")
