@@ -36,6 +36,9 @@ YES_NO_01 = typer.Option(None, "--answer-01-is-yes-no/--answer-01-is-number", he
 DUPLICATE_IDS = typer.Option("auto", "--duplicate-ids", help=DUPLICATE_HELP)
 MISSING_IMAGE = typer.Option("auto", "--missing-image", help=MISSING_IMAGE_HELP)
 METRIC = typer.Option("auto", "--metric", help=METRIC_HELP)
+FORMAT = typer.Option(None, "--format", help=FORMAT_HELP)
+IMAGE_ROOT = typer.Option(None, "--image-root", help="Folder image paths are under.")
+COLUMN = typer.Option(None, "--column", help=COLUMN_HELP)
 
 
 def _synth(
@@ -80,10 +83,10 @@ def _synth(
 
 def _check(
     file: Path = typer.Argument(..., help="Benchmark file (TSV, parquet or JSONL)."),
-    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    format: str = FORMAT,
     on_bad: str = typer.Option("error", "--on-bad", help="error: stop at the first bad row; skip."),
-    image_root: Path = typer.Option(None, "--image-root", help="Folder image paths are under."),
-    column: list[str] = typer.Option(None, "--column", help=COLUMN_HELP),
+    image_root: Path = IMAGE_ROOT,
+    column: list[str] = COLUMN,
     benchmark: str = typer.Option(None, "--benchmark", help="Benchmark name (default: file stem)."),
     max_pixels: int = typer.Option(None, "--max-pixels", help="Largest image accepted, in pixels."),
     answer_is_index: bool | None = ANSWER_IS_INDEX,
@@ -162,9 +165,9 @@ def _print_summary(summary: DataSummary) -> None:
 def _show(
     file: Path = typer.Argument(..., help="Benchmark file (TSV, parquet or JSONL)."),
     n: int = typer.Option(5, "--n", help="Number of examples to show."),
-    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
-    image_root: Path = typer.Option(None, "--image-root", help="Folder image paths are under."),
-    column: list[str] = typer.Option(None, "--column", help=COLUMN_HELP),
+    format: str = FORMAT,
+    image_root: Path = IMAGE_ROOT,
+    column: list[str] = COLUMN,
     answer_is_index: bool | None = ANSWER_IS_INDEX,
     yes_no_01: bool | None = YES_NO_01,
     duplicate_ids: str = DUPLICATE_IDS,
@@ -242,9 +245,9 @@ def _score(
     ),
     out: Path = typer.Option(None, "--out", help="Write every scored row to this TSV."),
     show: int = typer.Option(10, "--show", help="Disagreements to print with --compare."),
-    format: str = typer.Option(None, "--format", help=FORMAT_HELP),
-    image_root: Path = typer.Option(None, "--image-root", help="Folder image paths are under."),
-    column: list[str] = typer.Option(None, "--column", help=COLUMN_HELP),
+    format: str = FORMAT,
+    image_root: Path = IMAGE_ROOT,
+    column: list[str] = COLUMN,
     answer_is_index: bool | None = ANSWER_IS_INDEX,
     yes_no_01: bool | None = YES_NO_01,
     duplicate_ids: str = DUPLICATE_IDS,
