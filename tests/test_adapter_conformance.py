@@ -193,7 +193,9 @@ class TestAdapterConformance:
         # One-token answers are their candidate id; a two-word answer is no single token.
         ids = adapter.candidate_token_ids(CANDIDATES)
         got = [adapter.answer_token(c) for c in CANDIDATES]
-        assert got == [i if len(c.split()) == 1 else None for c, i in zip(CANDIDATES, ids)]
+        assert got == [
+            i if len(c.split()) == 1 else None for c, i in zip(CANDIDATES, ids, strict=True)
+        ]
         # prefill() is generate's prefill: every decoder layer and the answer position's logits.
         sites = [*residual_sites("all", adapter.num_layers), LOGITS]
         want, _ = prefill_reads(adapter, batch, sites)

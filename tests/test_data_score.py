@@ -38,11 +38,20 @@ def test_llava_answers_with_repeated_question_ids_match_in_file_order(tmp_path) 
         [
             {"question_id": "existence/1.png", "prompt": "q", "text": "Yes", "model_id": "m"},
             {"question_id": "existence/1.png", "prompt": "q", "text": "Yes.", "model_id": "m"},
-            {"question_id": "color/2.png", "prompt": "q", "text": "No, it is not.", "model_id": "m"},
+            {
+                "question_id": "color/2.png",
+                "prompt": "q",
+                "text": "No, it is not.",
+                "model_id": "m",
+            },
         ],
     )
     replies = load_replies(answers)
-    assert (replies.id_column, replies.reply_column, replies.n_derived) == ("question_id", "text", 2)
+    assert (replies.id_column, replies.reply_column, replies.n_derived) == (
+        "question_id",
+        "text",
+        2,
+    )
     scored = score_replies(load(bench).examples, replies)
     assert [(ex.id, s.answer, s.score) for ex, _, s in scored.rows] == [
         ("existence/1.png#0", "yes", 1.0),
