@@ -259,7 +259,7 @@ def _score(
     Replies are matched by id (LLaVA answer JSONL: question_id/text; VLMEvalKit predictions:
     index/prediction); repeated ids are numbered ID#k as the benchmark's are.
 
-    Example: priorscope data score llava_mme.jsonl --answers llava-v1.5-13b.jsonl --compare
+    Example: priorscope data score MME.parquet --answers llava-v1.5-13b-mme.jsonl --compare
     """
     import csv
 
@@ -298,6 +298,12 @@ def _score(
         table.add_row(name, str(n), f"{100 * acc:.2f}%")
     table.add_row("[bold]all[/bold]", str(len(scored.rows)), f"{100 * scored.accuracy:.2f}%")
     console.print(table)
+    if scored.unanswered_gold:
+        console.print(
+            f"Counting the {scored.unanswered_gold} examples without a reply as wrong: "
+            f"{100 * scored.accuracy_all:.2f}%.",
+            highlight=False,
+        )
     if compare:
         other = "vlmevalkit" if scorer == "priorscope" else "priorscope"
         theirs = score_replies(result.examples, replies, other)

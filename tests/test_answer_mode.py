@@ -142,3 +142,18 @@ def test_examples_with_unseparable_candidates_are_still_generated(tmp_path) -> N
     cand, calls = _capture_counting(tmp_path, "cand", rows, "candidates")
     _arrays_equal(gen, cand)  # the generated answers are vocabulary words here too
     assert calls > 2, "the batches holding those examples decode"
+
+
+def test_an_option_text_that_reads_as_another_letter_is_not_an_answer(tmp_path) -> None:
+    # Options ("b", "a"): the text of option B is "a", which the scorer reads as letter A; read
+    # at the prefill it would be scored as A, so it is not among the answers read. "c" is.
+    from priorscope.engine.capture.run import _Job
+    from priorscope.engine.data import Example
+
+    adapter = load_model("builtin:organism", device="cpu", dtype="fp32")
+    job = _Job.__new__(_Job)
+    job.adapter, job.scorer, job.answer_tokens, job.vocabulary = adapter, "priorscope", {}, ()
+    ex = Example(id="x", question="q", answers=("A",), options=("b", "a", "c"))
+    names = [name for name, _ in job.choices(ex)]
+    assert names[:3] == ["A", "B", "C"] and "a" not in names and "b" not in names
+    assert "c" in names  # its own letter: C

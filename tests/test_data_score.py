@@ -124,3 +124,39 @@ def test_cli_scores_compares_and_writes_rows(tmp_path, capsys) -> None:
     assert main([*args[:5], "--scorer", "vlmevalkit"]) == 0
     assert "66.67%" in capsys.readouterr().out  # b is no letter to VLMEvalKit: 2 of 3 right
     assert main([*args[:5], "--scorer", "VLMEvalKit"]) == 2
+
+
+def test_ids_and_replies_are_cleaned_and_mismatches_refused(tmp_path) -> None:
+    # Parquet and pandas write integer ids as floats, missing replies as null or NaN.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pred = tmp_path / "pred.parquet"
+    pq.write_table(pa.table({"index": [0.0, 1.0, 2.0], "prediction": ["B", None, None]}), pred)
+    assert load_replies(pred).by_id == {"0": "B", "1": "", "2": ""}
+    nan = tmp_path / "nan.json"
+    nan.write_text('[{"index": 1.0, "prediction": NaN}]', encoding="utf-8")
+    assert load_replies(nan).by_id == {"1": ""}
+    bench = _layout("MMBench", "vlmevalkit-tsv", tmp_path)
+    scored = score_replies(load(bench).examples, load_replies(pred))
+    assert [(s.answer, s.extracted) for _, _, s in scored.rows] == [
+        ("B", True),
+        (None, False),
+        (None, False),
+    ]
+    nulls = _jsonl(tmp_path / "n.jsonl", [{"question_id": None, "text": "A"}])
+    with pytest.raises(DataError, match=r"row 1: Expected an id in column 'question_id'"):
+        load_replies(nulls)
+    other = _jsonl(tmp_path / "o.jsonl", [{"question_id": "x/1.png", "text": "A"}])
+    with pytest.raises(DataError, match=r"Got none that does \(replies like 'x/1.png', examples"):
+        score_replies(load(bench).examples, load_replies(other))
+    unscored = _layout("MME", "llava-jsonl", tmp_path)
+    with pytest.raises(DataError, match="Expected gold answers in the benchmark file"):
+        score_replies(load(unscored).examples, load_replies(other))
+
+
+def test_accuracy_with_and_without_the_unanswered(tmp_path) -> None:
+    bench = _layout("MMBench", "vlmevalkit-tsv", tmp_path)
+    answers = _jsonl(tmp_path / "a.jsonl", [{"question_id": 0, "text": "B"}])
+    scored = score_replies(load(bench).examples, load_replies(answers))
+    assert (scored.accuracy, scored.accuracy_all, scored.unanswered_gold) == (1.0, 1 / 3, 2)

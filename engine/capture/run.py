@@ -76,8 +76,10 @@ class _Job:
 
         None (generate the answer) unless ``--answer-from candidates`` and every candidate of
         the example (option letters, yes/no, else the benchmark's answer vocabulary) is one
-        token of its own. Multiple choice also admits the option texts that are one token,
-        and yes/no the capitalised words, as the model may answer either way.
+        token of its own. Multiple choice also admits the option texts that are one token and
+        that the scorer reads back as their own letter, and yes/no the capitalised words, as
+        the model may answer either way. ``vocabulary`` holds every spelling of the open
+        questions' gold answers (:func:`scoring.answer_surfaces`).
         """
         if self.answer_tokens is None or not (example.answers or example.is_multiple_choice):
             return None
@@ -87,7 +89,12 @@ class _Job:
             return None
         extra: list[str] = []
         if example.is_multiple_choice:
-            extra = list(example.options)
+            opts, labels = example.options, example.option_labels
+            extra = [
+                text
+                for text, label in zip(opts, labels, strict=True)
+                if scoring.read_choice(text, opts, self.scorer) == label
+            ]
         elif names == ["yes", "no"]:
             extra = ["Yes", "No"]
         pairs = [(name, self._token(name)) for name in names]
@@ -237,7 +244,7 @@ def _job(
         grad=cfg.grad,
         scorer=cfg.scorer,
         answer_tokens={} if cfg.answer_from == "candidates" else None,
-        vocabulary=scoring.answer_vocabulary(plan.examples),
+        vocabulary=scoring.answer_surfaces(plan.examples),
         on_bad=on_bad,
         # Marks are written whenever the store has the array (whatever this run's policy),
         # so a shard's marks never depend on which run computed it.

@@ -203,6 +203,12 @@ def identity(cfg: CaptureConfig, adapter: VLMAdapter, data_sha: str) -> dict[str
         out["scorer"] = cfg.scorer
     if cfg.answer_from != "generate":
         out["answer_from"] = cfg.answer_from
+    # Another attention kernel changes the states in the last bits: a resume or a rank with
+    # or without flash-attn must not mix them (sdpa, the default, is not recorded).
+    model_config = getattr(getattr(adapter, "model", None), "config", None)
+    attn = getattr(model_config, "_attn_implementation", None) or "sdpa"
+    if attn != "sdpa":
+        out["attn_implementation"] = attn
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,10 +108,13 @@ def load_replies(
     columns = list(rows[0])
     id_col = _pick(columns, id_column, ID_COLUMNS, "id")
     reply_col = _pick(columns, reply_column, REPLY_COLUMNS, "reply")
-    ids = [str(row.get(id_col, "")).strip() for row in rows]
+    ids = [_text(row.get(id_col)).strip() for row in rows]
     for n, key in enumerate(ids, 1):
         if not key:
-            raise DataError(f"{path}: row {n}: Expected an id in column {id_col!r}. Got none.")
+            raise DataError(
+                f"{path}: row {n}: Expected an id in column {id_col!r}. Got none; give every "
+                "reply the id of its question."
+            )
     counts = Counter(ids)
     seen: Counter[str] = Counter()
     by_id: dict[str, str] = {}
@@ -126,7 +130,15 @@ def load_replies(
 
 
 def _text(value: object) -> str:
-    return "" if value is None else str(value)
+    """Return a cell as text: None and NaN are empty, an integral float its integer (1.0 -> 1)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
 
 
 @dataclass
@@ -136,12 +148,20 @@ class Scored:
     scorer: str
     rows: list[tuple[Example, str, scoring.Score]] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)  # example ids without a reply
+    unanswered_gold: int = 0  # of those, the ones with a gold answer
     unscored: list[str] = field(default_factory=list)  # replied, but the example has no gold
     unknown: list[str] = field(default_factory=list)  # reply ids no example has
 
     @property
     def accuracy(self) -> float:
+        """Return the mean score of the replied examples with a gold answer."""
         return sum(s.score for _, _, s in self.rows) / len(self.rows) if self.rows else float("nan")
+
+    @property
+    def accuracy_all(self) -> float:
+        """Return the mean score over every example with a gold answer, unanswered ones as 0."""
+        n = len(self.rows) + self.unanswered_gold
+        return sum(s.score for _, _, s in self.rows) / n if n else float("nan")
 
     def by_category(self) -> dict[str, tuple[int, float]]:
         """Return {category: (n, accuracy)} of the scored rows."""
@@ -156,6 +176,12 @@ def score_replies(
 ) -> Scored:
     """Return the Scored rows of ``replies`` against ``examples`` under ``scorer``."""
     scoring.check_scorer(scorer)
+    if not any(ex.answers for ex in examples):
+        raise DataError(
+            "Expected gold answers in the benchmark file. Got none in any row (LLaVA's question "
+            "files keep them in separate annotation files). Score against a file that carries "
+            "the answers: the VLMEvalKit TSV or the Hugging Face parquet of the benchmark."
+        )
     out = Scored(scorer)
     known = set()
     for ex in examples:
@@ -163,11 +189,20 @@ def score_replies(
         reply = replies.by_id.get(ex.id)
         if reply is None:
             out.unanswered.append(ex.id)
+            out.unanswered_gold += bool(ex.answers)
         elif not ex.answers:
             out.unscored.append(ex.id)
         else:
             out.rows.append((ex, reply, scoring.score(ex, reply, scorer)))
     out.unknown = [key for key in replies.by_id if key not in known]
+    if replies.by_id and len(out.unknown) == len(replies.by_id):
+        theirs, ours = next(iter(replies.by_id)), next(iter(known), "")
+        raise DataError(
+            f"{replies.path}: Expected reply ids ({replies.id_column!r}) to match the "
+            f"benchmark's example ids. Got none that does (replies like {theirs!r}, examples "
+            f"like {ours!r}). Name the id column with --id-column, or score against the "
+            "benchmark file the answers were made from."
+        )
     return out
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "SCORERS",
     "YES_WORDS",
     "Score",
+    "answer_surfaces",
     "answer_vocabulary",
     "candidates",
     "check_scorer",
@@ -62,6 +63,7 @@ __all__ = [
     "extract_open",
     "normalize_answer",
     "normalize_yes_no",
+    "read_choice",
     "rule",
     "score",
     "soft_accuracy",
@@ -186,6 +188,34 @@ def answer_vocabulary(examples: Iterable[Example]) -> tuple[str, ...]:
         forms = surfaces.setdefault(key, Counter())
         forms.update(a.strip() for a in example.answers if normalize_answer(a) == key)
     return tuple(min(forms, key=lambda s: (-forms[s], s)) for _, forms in sorted(surfaces.items()))
+
+
+def answer_surfaces(examples: Iterable[Example]) -> tuple[str, ...]:
+    """Return every gold answer of the open-ended examples as written (stripped), sorted.
+
+    Unlike :func:`answer_vocabulary` (one spelling per normalised form), every spelling is
+    kept: an answer read from a closed set must be able to come out as any of them.
+    """
+    return tuple(
+        sorted(
+            {
+                a.strip()
+                for ex in examples
+                if ex.answers and not ex.is_multiple_choice
+                for a in ex.answers
+                if a.strip()
+            }
+        )
+    )
+
+
+def read_choice(text: str, options: Sequence[str], scorer: str = "priorscope") -> str | None:
+    """Return the option letter ``scorer`` reads in ``text``, None when it reads none."""
+    if check_scorer(scorer, "scorer") == "vlmevalkit":
+        from priorscope.engine.data.vlmevalkit import choice_letter
+
+        return choice_letter(text, options)
+    return extract_choice(text, options)
 
 
 def candidates(example: Example, vocabulary: Sequence[str] | None = None) -> tuple[str, ...]:

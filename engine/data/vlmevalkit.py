@@ -161,7 +161,7 @@ CONTRACTIONS = dict(pair.split(" ") for pair in _CONTRACTION_PAIRS.split("|"))
 def process_digit_article(in_text: str) -> str:
     out_text = []
     for word in in_text.lower().split():
-        word = MANUAL_MAP.setdefault(word, word)
+        word = MANUAL_MAP.get(word, word)  # upstream's setdefault on a per-call dict
         if word not in ARTICLES:
             out_text.append(word)
     for word_id, word in enumerate(out_text):
@@ -268,6 +268,8 @@ def score_reply(
 ) -> tuple[str | None, float, bool]:
     """Return (answer, score, extracted) of ``reply`` under one of ``scoring.RULES``.
 
+    The answer of an open question is ``process_answer(reply)`` (None when that is empty).
+
     ``choice``: :func:`can_infer` (the letter, right when it is a gold letter). ``yes/no``:
     ``YOrN_Extraction`` against the gold. ``vqa``: ``vqa_score`` (the mean over golds of
     min(1, other matching golds / 3)) with several golds; with one gold ``accuracy``, as
@@ -283,12 +285,15 @@ def score_reply(
             return None, 0.0, False
         said = found.lower()
         return said, float(said in {process_answer(g) for g in golds}), True
+    # Open answers: the answer kept (what invariance and flips compare) is the reply as
+    # VLMEvalKit's normaliser writes it, whichever metric scores it.
+    said = process_answer(reply) or None
     if rule == "vqa":
         if len(golds) > 1:
-            return process_answer(reply), vqa_score(reply, golds), bool(reply.strip())
-        return reply.strip(), accuracy(reply, golds), bool(reply.strip())
+            return said, vqa_score(reply, golds), bool(reply.strip())
+        return said, accuracy(reply, golds), bool(reply.strip())
     if rule == "relaxed":
-        return reply.strip(), relaxed_accuracy(reply, golds), bool(reply.strip())
+        return said, relaxed_accuracy(reply, golds), bool(reply.strip())
     if rule == "anls":
-        return reply.strip(), anls(reply, golds), bool(reply.strip())
+        return said, anls(reply, golds), bool(reply.strip())
     raise ValueError(f"Expected a scored rule (choice, yes/no, vqa, relaxed, anls). Got {rule!r}.")

@@ -391,8 +391,11 @@ class HFAdapter(VLMAdapter):
     def prefill(self, batch: dict[str, torch.Tensor]) -> None:
         import torch
 
-        with torch.no_grad():  # only the answer position's logits, as generate's prefill
-            self.model(**batch, use_cache=False, logits_to_keep=1)
+        # Only the answer position's logits, as generate's prefill asks where the model can.
+        supports = getattr(self.model, "_supports_logits_to_keep", lambda: False)
+        keep = {"logits_to_keep": 1} if supports() else {}
+        with torch.no_grad():
+            self.model(**batch, use_cache=False, **keep)
 
     def weights_sha256(self) -> str:
         """Return a sha256 over the checkpoint's safetensors files, or over the state dict."""

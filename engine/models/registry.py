@@ -36,17 +36,24 @@ ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 def resolve_attention(name: str, device: str, dtype: Any) -> str:
     """Return the attention implementation ``name`` means on ``device`` in ``dtype``.
 
-    ``auto``: flash-attention 2 on a CUDA device in fp16/bf16 when the flash-attn package is
-    installed (it supports nothing else), sdpa otherwise.
+    ``auto``: flash-attention 2 on a CUDA device of compute capability 8.0 or later (Ampere
+    on) in fp16/bf16 when the flash-attn package is installed (it supports nothing else), sdpa
+    otherwise.
     """
     if name != "auto":
         return name
     import importlib.util
 
     half = str(_parse_dtype(dtype)).replace("torch.", "") in ("bfloat16", "float16")
-    if device.startswith("cuda") and half and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    if not (device.startswith("cuda") and half):
+        return "sdpa"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "sdpa"
+    import torch
+
+    index = torch.device(device).index
+    major, _ = torch.cuda.get_device_capability(index if index is not None else 0)
+    return "flash_attention_2" if major >= 8 else "sdpa"
 
 
 def resolve_path(name_or_path: str) -> tuple[str, bool]:

@@ -123,6 +123,8 @@ def recorded_drift(recorded: dict[str, Any], cfg: CaptureConfig) -> list[str]:
         wanted["scorer"] = cfg.scorer
     if cfg.answer_from != "generate":
         wanted["answer_from"] = cfg.answer_from
+    if "attn_implementation" in recorded:  # chosen at load time (attention auto): accepted
+        wanted["attn_implementation"] = recorded["attn_implementation"]
     return config_differences(recorded, json.loads(json.dumps(wanted)))
 
 
