@@ -224,7 +224,7 @@ def _show(
 def _score(
     file: Path = typer.Argument(..., help="Benchmark file (TSV, parquet or JSONL)."),
     answers: Path = typer.Option(
-        ..., "--answers", help="The model's answer file (JSONL, JSON, TSV, CSV or parquet)."
+        ..., "--answers", help="The model's answer file (JSONL, JSON, TSV, CSV, parquet, xlsx)."
     ),
     scorer: str = typer.Option(
         "priorscope", "--scorer", help="priorscope, or vlmevalkit (VLMEvalKit's rules)."

@@ -91,9 +91,9 @@ def test_answer_file_errors_name_the_file_and_the_option(tmp_path) -> None:
     with pytest.raises(DataError, match="--reply-column"):
         load_replies(bad, reply_column="pred")
     assert load_replies(bad, reply_column="answer").by_id == {"1": "B"}
-    odd = tmp_path / "a.xlsx"
+    odd = tmp_path / "a.xls"
     odd.write_bytes(b"x")
-    with pytest.raises(DataError, match=r"a\.xlsx: Expected an answer file ending in"):
+    with pytest.raises(DataError, match=r"a\.xls: Expected an answer file ending in"):
         load_replies(odd)
     broken = tmp_path / "b.jsonl"
     broken.write_text('{"question_id": 1, "text": "A"}\n{oops\n', encoding="utf-8")
@@ -160,3 +160,22 @@ def test_accuracy_with_and_without_the_unanswered(tmp_path) -> None:
     answers = _jsonl(tmp_path / "a.jsonl", [{"question_id": 0, "text": "B"}])
     scored = score_replies(load(bench).examples, load_replies(answers))
     assert (scored.accuracy, scored.accuracy_all, scored.unanswered_gold) == (1.0, 1 / 3, 2)
+
+
+def test_vlmevalkit_xlsx_predictions(tmp_path) -> None:
+    # VLMEvalKit writes {model}_{dataset}.xlsx: the benchmark's columns plus 'prediction'.
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["index", "question", "A", "B", "answer", "prediction"])
+    sheet.append([0, "q", "cat", "dog", "B", "B"])
+    sheet.append([1, "q", "spring", "winter", "A", "The answer is B."])
+    sheet.append([None, None, None, None, None, None])  # trailing empty rows are dropped
+    book.save(tmp_path / "llava_MMBench.xlsx")
+    replies = load_replies(tmp_path / "llava_MMBench.xlsx")
+    assert (replies.id_column, replies.reply_column) == ("index", "prediction")
+    assert replies.by_id == {"0": "B", "1": "The answer is B."}
+    bench = _layout("MMBench", "vlmevalkit-tsv", tmp_path)
+    scored = score_replies(load(bench).examples, replies)
+    assert [s.score for _, _, s in scored.rows] == [1.0, 0.0]

@@ -1,8 +1,8 @@
 """Score a model's answer file, written by another harness, against a benchmark file.
 
 An answer file holds one reply per question: LLaVA's answer JSONL (``question_id``, ``text``),
-VLMEvalKit's prediction files saved as TSV or CSV (``index``, ``prediction``), or any TSV, CSV,
-JSONL or parquet file with an id column and a reply column (named with ``id_column`` and
+VLMEvalKit's prediction files (``index``, ``prediction``; .xlsx, its default, needs openpyxl), or
+any TSV, CSV, JSONL or parquet file with an id column and a reply column (named with ``id_column`` and
 ``reply_column``). Replies are matched to the benchmark's examples by id; an id the answer file
 repeats is numbered ``ID#k`` in file order, as the loader numbers the benchmark's repeated ids
 (:mod:`priorscope.engine.data.conventions`), so LLaVA's MME answers match its MME questions.
@@ -72,10 +72,32 @@ def _records(path: Path) -> list[dict[str, object]]:
         import pyarrow.parquet as pq
 
         return list(pq.read_table(path).to_pylist())
+    if suffix == ".xlsx":  # VLMEvalKit's default prediction file
+        return _xlsx_records(path)
     raise DataError(
-        f"{path}: Expected an answer file ending in .jsonl, .json, .tsv, .csv or .parquet. Got "
-        f"{suffix or 'no suffix'}. Save the predictions in one of those formats."
+        f"{path}: Expected an answer file ending in .jsonl, .json, .tsv, .csv, .parquet or .xlsx. "
+        f"Got {suffix or 'no suffix'}. Save the predictions in one of those formats."
     )
+
+
+def _xlsx_records(path: Path) -> list[dict[str, object]]:
+    """Return the rows of the first sheet of an .xlsx file, its first row the column names."""
+    try:
+        import openpyxl
+    except ImportError:
+        raise DataError(
+            f"{path}: Expected the openpyxl package to read .xlsx files. Got none; install it "
+            "(pip install openpyxl, or priorscope[xlsx]) or save the predictions as TSV or CSV."
+        ) from None
+    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        rows = book.worksheets[0].iter_rows(values_only=True)
+        header = [str(c) if c is not None else "" for c in next(rows, ())]
+        return [
+            dict(zip(header, row, strict=False)) for row in rows if any(c is not None for c in row)
+        ]
+    finally:
+        book.close()
 
 
 def _pick(columns: Sequence[str], given: str | None, tried: Sequence[str], what: str) -> str:
