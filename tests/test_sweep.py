@@ -297,12 +297,24 @@ def test_sweep_file_round_trip(project) -> None:
     )
 
 
+def test_capture_reading_options_reach_every_job(project) -> None:
+    doc = sweep_toml("ref").replace(
+        "[capture]\n", '[capture]\nscorer = "vlmevalkit"\nanswer_from = "candidates"\n'
+    )
+    cfg = load_sweep(write(project.folder, "reading.toml", doc))
+    for job in cfg.jobs():
+        ccfg = cfg.capture_config(job, (0, 1), "cpu")
+        assert (ccfg.scorer, ccfg.answer_from) == ("vlmevalkit", "candidates")
+    assert project.ref.capture_config(project.ref.jobs()[0], (0, 1), "cpu").scorer == "priorscope"
+
+
 BAD = [
     ("[capture]", "batch_sise = 2", "capture.batch_sise", "Did you mean 'batch_size'"),
     ("[capture]", "full_seq = -1", "capture.full_seq", "a non-negative integer"),
     ("[capture]", "layers = 3", "capture.layers", "Expected a string"),
     ("[capture]", "hidden_dtype = 'fp8'", "capture", "fp8"),
     ("[capture]", "scorer = 'vlmeval'", "capture.scorer", "priorscope, vlmevalkit"),
+    ("[capture]", "answer_from = 'logits'", "capture.answer_from", "generate, candidates"),
     ("[conditions]", "none = 'yes'", "conditions.none", "Expected true or false"),
     ("[analyses]", "by = 'colour'", "analyses.by", "benchmark, category"),
     ("[analyses]", "probes = true", "analyses.probes", "decay and report only"),
