@@ -75,6 +75,12 @@ def _capture(
         "single tokens (multiple choice, yes/no, the benchmark's answer vocabulary) is answered "
         "by its most likely candidate at the prefill, with no decoding; others still generate.",
     ),
+    attn: str = typer.Option(
+        "auto",
+        "--attn",
+        help="Attention: auto (flash-attention 2 on an Ampere-or-later GPU in bf16/fp16 when "
+        "flash-attn is installed, else sdpa), sdpa, eager or flash_attention_2.",
+    ),
     on_bad: str = typer.Option(
         "error",
         "--on-bad",
@@ -113,6 +119,7 @@ def _capture(
         grad=grad,
         scorer=scorer,
         answer_from=answer_from,
+        attn=attn,
         data_options=data_options(
             answer_is_index, yes_no_01, duplicate_ids, missing_image, metric, on_bad
         ),

@@ -94,3 +94,31 @@ def test_cli_capture_takes_the_scorer(stores, tmp_path: Path) -> None:
         )
     assert store.attrs["config"]["scorer"] == "vlmevalkit"
     assert main([*args[:-1], "VLMEvalKit"]) == 2  # a usage error, as every bad option
+
+
+def test_the_attention_kernel_is_part_of_a_stores_identity(stores) -> None:
+    # sdpa (what auto picks on a CPU) is not recorded; another kernel is, and a resume that
+    # would mix kernels is refused, naming it.
+    data, ours, _ = stores
+    assert "attn_implementation" not in open_store(ours).attrs["config"]
+    assert open_store(ours).attrs["model"]["attn_implementation"] == "sdpa"
+    eager = ours.parent / "eager.zarr"
+    cfg = CaptureConfig(
+        model="builtin:organism",
+        data=str(data),
+        out=str(eager),
+        ladder=(),
+        batch_size=32,
+        device="cpu",
+        dtype="float32",
+        hidden_dtype="float32",
+        max_new_tokens=2,
+        progress=False,
+        attn="eager",
+    )
+    capture(cfg)
+    assert open_store(eager).attrs["config"]["attn_implementation"] == "eager"
+    with pytest.raises(ConfigMismatchError, match='attn_implementation: store has "eager"'):
+        capture(dataclasses.replace(cfg, attn="auto"))
+    with pytest.raises(UsageError, match="--attn to be one of auto, sdpa"):
+        capture(dataclasses.replace(cfg, attn="flash"))

@@ -315,6 +315,7 @@ BAD = [
     ("[capture]", "hidden_dtype = 'fp8'", "capture", "fp8"),
     ("[capture]", "scorer = 'vlmeval'", "capture.scorer", "priorscope, vlmevalkit"),
     ("[capture]", "answer_from = 'logits'", "capture.answer_from", "generate, candidates"),
+    ("[capture]", "attn = 'flash'", "capture.attn", "auto, sdpa, eager, flash_attention_2"),
     ("[conditions]", "none = 'yes'", "conditions.none", "Expected true or false"),
     ("[analyses]", "by = 'colour'", "analyses.by", "benchmark, category"),
     ("[analyses]", "probes = true", "analyses.probes", "decay and report only"),

@@ -54,7 +54,9 @@ class CaptureConfig:
     or as VLMEvalKit's rules do (``scoring.SCORERS``); ``answer_from`` ``candidates`` reads the
     answer of every example whose candidate answers are single tokens (multiple choice, yes/no,
     the benchmark's answer vocabulary) as the most likely candidate at the prefill, with no
-    decoding, and generates only the others (``ANSWER_FROM``).
+    decoding, and generates only the others (``ANSWER_FROM``); ``attn`` is the attention
+    implementation (``auto``: flash-attention 2 where it runs, else sdpa; the resolved one is
+    part of the resume identity when it is not sdpa).
     """
 
     model: str
@@ -81,6 +83,7 @@ class CaptureConfig:
     grad: bool = False
     scorer: str = "priorscope"
     answer_from: str = "generate"
+    attn: str = "auto"
     data_options: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def conditions(self) -> list[Condition]:
@@ -147,6 +150,13 @@ def validate(cfg: CaptureConfig) -> CaptureConfig:
         raise UsageError(f"Expected --data to name an existing file. Got {cfg.data!r}, not found.")
     cfg.conditions()  # validates the ladder
     check_scorer(cfg.scorer)
+    from priorscope.engine.models.registry import ATTN_IMPLEMENTATIONS
+
+    if cfg.attn not in ATTN_IMPLEMENTATIONS:
+        raise UsageError(
+            f"Expected --attn to be one of {', '.join(ATTN_IMPLEMENTATIONS)}. Got {cfg.attn!r} "
+            "instead."
+        )
     if cfg.answer_from not in ANSWER_FROM:
         raise UsageError(
             f"Expected --answer-from to be one of {', '.join(ANSWER_FROM)}. Got "

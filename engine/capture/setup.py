@@ -174,7 +174,7 @@ def prepare(cfg: CaptureConfig, adapter: VLMAdapter | None) -> tuple[VLMAdapter,
             cfg.model,
             device=device,
             dtype=resolve_dtype(cfg.dtype, device),
-            attn_implementation="auto",  # flash-attention 2 where it runs, else sdpa
+            attn_implementation=cfg.attn,  # auto: flash-attention 2 where it runs, else sdpa
         )
     examples, skipped, report = load_examples(cfg, adapter)
     check_text_only(cfg, examples)

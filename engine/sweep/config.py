@@ -158,8 +158,17 @@ class CaptureOptions:
     shard_examples: int = 0
     scorer: str = "priorscope"
     answer_from: str = "generate"
+    attn: str = "auto"
 
     def __post_init__(self) -> None:
+        from priorscope.engine.models.registry import ATTN_IMPLEMENTATIONS
+
+        _expect(
+            self.attn in ATTN_IMPLEMENTATIONS,
+            "capture.attn",
+            f"one of {', '.join(ATTN_IMPLEMENTATIONS)}",
+            self.attn,
+        )
         _expect(
             self.answer_from in ANSWER_FROM,
             "capture.answer_from",
@@ -319,6 +328,7 @@ class SweepConfig:
             max_new_tokens=c.max_new_tokens,
             scorer=c.scorer,
             answer_from=c.answer_from,
+            attn=c.attn,
             shard=shard,
             limit=b.limit,
             shard_examples=c.shard_examples,
@@ -473,6 +483,7 @@ def _capture_options(cond: _Table, cap: _Table) -> CaptureOptions:
         ("shard_examples", int),
         ("scorer", str),
         ("answer_from", str),
+        ("attn", str),
     ):
         if name in cap.data:
             kwargs[name] = cap.get(name, kind)

@@ -167,7 +167,10 @@ def _load(model: ModelSpec, cfg: SweepConfig, device: str) -> Any:
 
     dtype = model.dtype or cfg.capture.dtype
     return load_model(
-        model.path, device=device, dtype=resolve_dtype(dtype, device), attn_implementation="auto"
+        model.path,
+        device=device,
+        dtype=resolve_dtype(dtype, device),
+        attn_implementation=cfg.capture.attn,
     )
 
 
