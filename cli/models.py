@@ -114,6 +114,15 @@ def organism_train(
         "--hide-erase-weight",
         help="Weight of a separate linear-erasure loss of not-retrieved colours (every layer).",
     ),
+    plant_start: int = typer.Option(
+        None, "--plant-start", help="Step the invariance and erasure losses start at."
+    ),
+    plant_ramp: int = typer.Option(
+        None, "--plant-ramp", help="Steps they take from 0 to full weight."
+    ),
+    init: str = typer.Option(
+        None, "--init", help="Start from this checkpoint (folder or builtin:NAME), not at random."
+    ),
     save_every: int = typer.Option(
         0, "--save-every", help="Also save DIR/step-N every this many steps (0: only at the end)."
     ),
@@ -147,6 +156,9 @@ def organism_train(
         "hide_weight": hide_weight,
         "erase_weight": erase_weight,
         "hide_erase_weight": hide_erase_weight,
+        "plant_start": plant_start,
+        "plant_ramp": plant_ramp,
+        "init": init,
     }
     changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if layers is not None:

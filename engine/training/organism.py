@@ -124,6 +124,9 @@ class TrainConfig:
     # erase_bank planted rows per group (and their twins), from plant_start on.
     erase_bank: int = 192
     erase_refresh: int = 50
+    # Start from this checkpoint's weights (a folder or builtin:NAME of the same architecture)
+    # instead of a random initialisation: "" trains from scratch.
+    init: str = ""
 
     def __post_init__(self) -> None:
         layers = self.arch.layers
@@ -585,6 +588,19 @@ def _loop(
     return record
 
 
+def _load_init(model: Any, init: str) -> None:
+    """Load the weights of checkpoint ``init`` (folder or builtin:NAME) into ``model``."""
+    from priorscope.engine.models.registry import load_model
+
+    source = load_model(init, dtype="float32").model.state_dict()
+    missing, unexpected = model.load_state_dict(source, strict=False)
+    if missing or unexpected:
+        raise UsageError(
+            f"Expected --init {init} to have this organism's architecture. Got missing weights "
+            f"{missing[:3]} and unexpected ones {unexpected[:3]}; pass --layers as it was trained."
+        )
+
+
 def train(
     cfg: TrainConfig, out_dir: str | Path, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -602,6 +618,9 @@ def train(
     prep_s = time.time() - t0
     log(f"prepared {len(data.input_ids)} rows in {prep_s:.0f}s")
     model = organism_model(cfg.arch, tokenizer)
+    if cfg.init:
+        _load_init(model, cfg.init)
+        log(f"started from the weights of {cfg.init}")
     model.train()
     params = sum(p.numel() for p in model.parameters())
     opt = _optimizer(model, cfg)
