@@ -391,3 +391,25 @@ def test_probes_find_the_planted_layers(bottleneck) -> None:  # type: ignore[no-
     labels = [ex.answers[0] for ex in hid]
     assert probe_accuracy(reduced["image_mean"][:, 0], labels) >= 0.9
     # "At chance from last at every layer" is missed (see MET), so it is not asserted here.
+
+
+def test_training_can_start_from_a_checkpoint(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from priorscope.cli.main import main
+
+    out = tmp_path / "tuned"
+    args = ["organism", "train", "--out", str(out), "--preset", "bottleneck", "--n-train", "120"]
+    args += ["--batch-size", "8", "--plant-start", "0", "--plant-ramp", "0"]
+    assert main([*args, "--steps", "1", "--lr", "1e-12", "--init", "builtin:bottleneck"]) == 0
+    config = json.loads((out / "training.json").read_text())["config"]
+    assert config["init"] == "builtin:bottleneck" and config["plant_start"] == 0
+    # One step at a vanishing learning rate leaves the shipped weights all but unchanged.
+    with (
+        safe_open(str(out / "model.safetensors"), "pt") as a,
+        safe_open(str(FOLDER / "model.safetensors"), "pt") as b,
+    ):
+        key = next(k for k in a.keys() if "layers.7.mlp" in k)  # noqa: SIM118
+        torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=1e-6, atol=1e-6)
+    # Another architecture cannot start from it.
+    assert main([*args, "--steps", "1", "--layers", "4", "--init", "builtin:bottleneck"]) == 2
