@@ -55,21 +55,17 @@ def test_each_store_holds_its_scorers_reading_of_the_same_replies(stores) -> Non
     assert b.attrs["config"]["scorer"] == "vlmevalkit" and "scorer" not in a.attrs["config"]
 
 
+def _config(data: Path, out: Path, **options: str) -> CaptureConfig:
+    """Return the fixture stores' capture settings (clean and total) into ``out``."""
+    from capture_support import DEFAULTS
+
+    settings = {**DEFAULTS, "ladder": (), "batch_size": 32, "max_new_tokens": 2, **options}
+    return CaptureConfig(model="builtin:organism", data=str(data), out=str(out), **settings)
+
+
 def test_a_resume_with_the_other_scorer_is_refused(stores) -> None:
     data, ours, _ = stores
-    cfg = CaptureConfig(
-        model="builtin:organism",
-        data=str(data),
-        out=str(ours),
-        ladder=(),
-        batch_size=32,
-        device="cpu",
-        dtype="float32",
-        hidden_dtype="float32",
-        max_new_tokens=2,
-        progress=False,
-        scorer="vlmevalkit",
-    )
+    cfg = _config(data, ours, scorer="vlmevalkit")
     with pytest.raises(ConfigMismatchError, match="scorer"):
         capture(cfg)
     with pytest.raises(UsageError, match="--scorer to be one of priorscope, vlmevalkit"):
@@ -103,19 +99,7 @@ def test_the_attention_kernel_is_part_of_a_stores_identity(stores) -> None:
     assert "attn_implementation" not in open_store(ours).attrs["config"]
     assert open_store(ours).attrs["model"]["attn_implementation"] == "sdpa"
     eager = ours.parent / "eager.zarr"
-    cfg = CaptureConfig(
-        model="builtin:organism",
-        data=str(data),
-        out=str(eager),
-        ladder=(),
-        batch_size=32,
-        device="cpu",
-        dtype="float32",
-        hidden_dtype="float32",
-        max_new_tokens=2,
-        progress=False,
-        attn="eager",
-    )
+    cfg = _config(data, eager, attn="eager")
     capture(cfg)
     assert open_store(eager).attrs["config"]["attn_implementation"] == "eager"
     with pytest.raises(ConfigMismatchError, match='attn_implementation: store has "eager"'):
