@@ -256,6 +256,14 @@ def test_model_folder_without_processor(
 # ---- item 11: Ctrl-C and full or read-only disks ---------------------------------------------
 
 
+def _interruptible() -> None:
+    """Give the child Ctrl-C back: a process inherits an ignored or blocked SIGINT across exec
+    (an earlier test's native library can leave it so in the test process), and Python then
+    never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> None:
     """Wait until ``path`` exists (the capture committed a shard) while ``proc`` runs."""
     deadline = time.monotonic() + timeout
@@ -281,7 +289,14 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(
 ) -> None:
     out = tmp_path / "s.zarr"
     cmd = [sys.executable, "-m", "priorscope.cli", *capture(long_data, out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        preexec_fn=_interruptible,
+    )
     wait_for(out / "commit" / "done" / "c" / "0", proc)
     for _ in range(presses):
         proc.send_signal(signal.SIGINT)
