@@ -278,8 +278,8 @@ LONG = 400  # rows of long_data
 
 @pytest.fixture(scope="module")
 def long_data(made: SimpleNamespace) -> Path:
-    """Enough rows that a capture is still running well after its first commit (160 were too
-    few on a loaded 2-core machine: the capture finished before the Ctrl-C arrived)."""
+    """Enough rows that a capture is still running well after its first commit, even on a busy
+    2-core machine."""
     return write_data(made.root / "long.tsv", LONG)
 
 
