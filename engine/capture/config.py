@@ -97,6 +97,17 @@ class CaptureConfig:
         return out
 
 
+def optional_identity(cfg: CaptureConfig) -> dict[str, Any]:
+    """Return the identity settings recorded only when they differ from their defaults
+    (``scorer``, ``answer_from``), so stores captured before they existed keep their identity."""
+    out: dict[str, Any] = {}
+    if cfg.scorer != "priorscope":
+        out["scorer"] = cfg.scorer
+    if cfg.answer_from != "generate":
+        out["answer_from"] = cfg.answer_from
+    return out
+
+
 def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:
     """Return (rank, world) from ``i/n``, else from RANK/WORLD_SIZE (torchrun), else (0, 1)."""
     env = dict(os.environ) if env is None else env

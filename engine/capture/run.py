@@ -97,14 +97,14 @@ class _Job:
             ]
         elif names == ["yes", "no"]:
             extra = ["Yes", "No"]
-        pairs = [(name, self._token(name)) for name in names]
-        if any(t is None for _, t in pairs):
+        tokens = [self._token(name) for name in names]
+        if None in tokens:
             return None
+        pairs = [(name, int(t)) for name, t in zip(names, tokens, strict=True) if t is not None]
         pairs += [(name, t) for name in extra if (t := self._token(name)) is not None]
-        ids = [t for _, t in pairs]
-        if len(set(ids)) < len(ids):  # two answers, one token: not separable
+        if len({t for _, t in pairs}) < len(pairs):  # two answers, one token: not separable
             return None
-        return [(name, int(t)) for name, t in pairs if t is not None]
+        return pairs
 
     def _token(self, answer: str) -> int | None:
         assert self.answer_tokens is not None
@@ -244,7 +244,9 @@ def _job(
         grad=cfg.grad,
         scorer=cfg.scorer,
         answer_tokens={} if cfg.answer_from == "candidates" else None,
-        vocabulary=scoring.answer_surfaces(plan.examples),
+        vocabulary=scoring.answer_surfaces(plan.examples)
+        if cfg.answer_from == "candidates"
+        else (),
         on_bad=on_bad,
         # Marks are written whenever the store has the array (whatever this run's policy),
         # so a shard's marks never depend on which run computed it.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from priorscope.engine.capture.config import IDENTITY_FIELDS, CaptureConfig
+from priorscope.engine.capture.config import IDENTITY_FIELDS, CaptureConfig, optional_identity
 from priorscope.engine.capture.hooks import Recorder, recording
 from priorscope.engine.capture.images import clean_input
 from priorscope.engine.capture.plan import Plan, example_table, file_sha256, make_plan
@@ -198,11 +198,7 @@ def identity(cfg: CaptureConfig, adapter: VLMAdapter, data_sha: str) -> dict[str
     # --on-bad never changes a committed row (a bad example is refused or marked skipped), so
     # it is no identity: a capture stopped at a bad image goes on with --on-bad skip.
     out["data_options"] = {k: v for k, v in cfg.data_options.items() if k != "on_bad"}
-    # Recorded only when set, so older stores keep their identity.
-    if cfg.scorer != "priorscope":
-        out["scorer"] = cfg.scorer
-    if cfg.answer_from != "generate":
-        out["answer_from"] = cfg.answer_from
+    out.update(optional_identity(cfg))
     # Another attention kernel changes the states in the last bits: a resume or a rank with
     # or without flash-attn must not mix them (sdpa, the default, is not recorded).
     model_config = getattr(getattr(adapter, "model", None), "config", None)

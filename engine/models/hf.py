@@ -88,6 +88,7 @@ class HFAdapter(VLMAdapter):
         # its padding settings: capture encodes the next batch on a background thread while
         # this one decodes its answers.
         self.tokenizer_lock = threading.RLock()
+        self._prompt_ids: tuple[str, list[int]] | None = None  # see _answer_tokens
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -342,8 +343,10 @@ class HFAdapter(VLMAdapter):
     def _answer_tokens(self, candidate: str) -> list[int] | None:
         """Return the token ids a candidate adds after the generation prompt (None: it merges)."""
         tok = self.tokenizer
-        prefix = self._render("x", 0)
-        base = tok(prefix, add_special_tokens=False).input_ids
+        if self._prompt_ids is None:  # the template and tokenizer are fixed once loaded
+            prefix = self._render("x", 0)
+            self._prompt_ids = (prefix, tok(prefix, add_special_tokens=False).input_ids)
+        prefix, base = self._prompt_ids
         full = tok(prefix + self.answer_prefix + candidate, add_special_tokens=False).input_ids
         if full[: len(base)] == base and len(full) > len(base):
             return [int(t) for t in full[len(base) :]]

@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from priorscope.engine.capture.config import IDENTITY_FIELDS, CaptureConfig, parse_shard
+from priorscope.engine.capture.config import (
+    IDENTITY_FIELDS,
+    CaptureConfig,
+    optional_identity,
+    parse_shard,
+)
 from priorscope.engine.errors import ConfigMismatchError, StoreError
 from priorscope.engine.sweep.config import Job, ModelSpec, SweepConfig
 from priorscope.engine.sweep.table import TableFiles, write_table
@@ -119,10 +124,7 @@ def recorded_drift(recorded: dict[str, Any], cfg: CaptureConfig) -> list[str]:
             wanted[key] = parse_hidden_dtype(wanted[key])
     if not wanted["shard_examples"]:
         wanted["shard_examples"] = recorded.get("shard_examples")
-    if cfg.scorer != "priorscope":
-        wanted["scorer"] = cfg.scorer
-    if cfg.answer_from != "generate":
-        wanted["answer_from"] = cfg.answer_from
+    wanted.update(optional_identity(cfg))
     if "attn_implementation" in recorded:  # chosen at load time (attention auto): accepted
         wanted["attn_implementation"] = recorded["attn_implementation"]
     return config_differences(recorded, json.loads(json.dumps(wanted)))
