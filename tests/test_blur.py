@@ -20,6 +20,7 @@ from priorscope.kernels.dct import dct, idct
 from priorscope.kernels.errors import KernelError, KernelUsageError
 
 TOL_255 = 0.02  # grey levels on a 0-255 scale, the bound for float inputs
+TIE_255 = 1e-3  # how near a .5 tie float32 round-off may round a uint8 pixel either way
 SHAPES = [(1, 1), (2, 3), (5, 4), (17, 32), (33, 31), (48, 64)]
 
 
@@ -106,10 +107,14 @@ def test_uint8_is_scipy_rounded_within_one_level(algorithm: str) -> None:
     assert out.dtype == torch.uint8
     for b in range(2):
         for k, s in enumerate(sigmas):
-            expected = np.clip(np.round(reference(images[b], s)), 0, 255)
-            diff = np.abs(out[b, k].numpy().astype(np.int64) - expected)
+            ref = reference(images[b], s)
+            diff = np.abs(out[b, k].numpy().astype(np.int64) - np.clip(np.round(ref), 0, 255))
             assert diff.max() <= 1
-            assert (diff == 0).mean() > 0.99  # a 1-level miss only at .5 ties of round-off
+            # A 1-level miss only where float32 round-off straddles a .5 tie. A wide sigma gives
+            # a near-constant image, so when its mean sits near a tie many pixels miss at once:
+            # bound the distance from the tie, not the fraction of pixels that miss.
+            from_tie = np.abs(ref - np.floor(ref) - 0.5)
+            assert (from_tie[diff > 0] < TIE_255).all(), f"{algorithm} sigma={s}"
 
 
 def test_uint8_rounds_half_to_even() -> None:

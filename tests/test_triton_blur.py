@@ -125,7 +125,10 @@ def test_uint8_rounds_like_the_torch_path(fused: ModuleType) -> None:
     torch_path = blur_ladder(images, sigmas, relative=False)
     diff = (out.long() - torch_path.long()).abs()
     assert diff.max() <= 1  # a rounding tie may fall either way after float32 round-off
-    assert (diff == 0).float().mean() > 0.99
+    # Misses only at ties: a wide sigma's near-constant image may put many pixels near one.
+    exact = blur_ladder(images.double(), sigmas, relative=False)
+    from_tie = (exact - exact.floor() - 0.5).abs()
+    assert (from_tie[diff > 0] < 1e-3).all()
     for k, s in enumerate(sigmas):
         want = np.round(scipy_blur(images[0].numpy(), s))
         assert np.abs(out[0, k].numpy().astype(np.int64) - want).max() <= 1
