@@ -81,6 +81,13 @@ def _capture(
         help="Attention: auto (flash-attention 2 on an Ampere-or-later GPU in bf16/fp16 when "
         "flash-attn is installed, else sdpa), sdpa, eager or flash_attention_2.",
     ),
+    preprocess: str = typer.Option(
+        "auto",
+        "--preprocess",
+        help="Where condition images are resized, normalised and cut into patches: host (the "
+        "image processor), device (on the model's device from the blur on; Qwen2-VL family, "
+        "bitwise equal to host) or auto (device on a GPU where the model allows it).",
+    ),
     on_bad: str = typer.Option(
         "error",
         "--on-bad",
@@ -120,6 +127,7 @@ def _capture(
         scorer=scorer,
         answer_from=answer_from,
         attn=attn,
+        preprocess=preprocess,
         data_options=data_options(
             answer_is_index, yes_no_01, duplicate_ids, missing_image, metric, on_bad
         ),

@@ -40,6 +40,7 @@ IDENTITY_FIELDS = (
 
 # How answers are read: greedy generation, or the best single-token candidate at the prefill.
 ANSWER_FROM = ("generate", "candidates")
+PREPROCESS = ("auto", "host", "device")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,10 @@ class CaptureConfig:
     the benchmark's answer vocabulary) as the most likely candidate at the prefill, with no
     decoding, and generates only the others (``ANSWER_FROM``); ``attn`` is the attention
     implementation (``auto``: flash-attention 2 where it runs, else sdpa; the resolved one is
-    part of the resume identity when it is not sdpa).
+    part of the resume identity when it is not sdpa); ``preprocess`` is where condition
+    images are resized, normalised and cut into patches (``PREPROCESS``: ``device`` keeps them
+    on the model's device from the blur on, Qwen2-VL family only, bitwise equal to ``host``;
+    ``auto`` picks ``device`` on a GPU where the processor allows it).
     """
 
     model: str
@@ -84,6 +88,7 @@ class CaptureConfig:
     scorer: str = "priorscope"
     answer_from: str = "generate"
     attn: str = "auto"
+    preprocess: str = "auto"
     data_options: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def conditions(self) -> list[Condition]:
@@ -167,6 +172,11 @@ def validate(cfg: CaptureConfig) -> CaptureConfig:
         raise UsageError(
             f"Expected --attn to be one of {', '.join(ATTN_IMPLEMENTATIONS)}. Got {cfg.attn!r} "
             "instead."
+        )
+    if cfg.preprocess not in PREPROCESS:
+        raise UsageError(
+            f"Expected --preprocess to be one of {', '.join(PREPROCESS)}. Got "
+            f"{cfg.preprocess!r} instead."
         )
     if cfg.answer_from not in ANSWER_FROM:
         raise UsageError(

@@ -90,3 +90,32 @@ def _ladder(
             for n, (r, k) in enumerate(places):
                 out[cond.name][r][k] = Image.fromarray(host[n, j])
     return out
+
+
+def condition_tensors(
+    examples: Sequence[Example], conditions: Sequence[Condition], device: torch.device
+) -> dict[str, torch.Tensor] | None:
+    """Return, per image condition, the rows' images [N, 3, H, W] uint8 left on ``device``.
+
+    The same pixels :func:`condition_images` makes, without the copy to the host and back to
+    PIL: for preprocessing on the device. None where the batch does not allow it: a row
+    without exactly one image, an image that is not RGB, or images of different sizes.
+    """
+    from priorscope.kernels import blur_ladder
+
+    if not examples or any(not ex.has_image or len(ex.images) != 1 for ex in examples):
+        return None
+    clean = [ex.image for ex in examples]
+    if any(img.mode != "RGB" for img in clean) or len({img.size for img in clean}) != 1:
+        return None
+    pixels = np.stack([np.asarray(img, dtype=np.uint8) for img in clean])
+    x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2)  # [N, C, H, W], as _ladder
+    laddered = [c for c in conditions if c.kind in ("blur", "total")]
+    out: dict[str, torch.Tensor] = {}
+    if laddered:
+        sigmas = [math.inf if c.kind == "total" else c.sigma for c in laddered]
+        with kernel_errors():
+            ladder = blur_ladder(x, sigmas, relative=True)  # [N, K, C, H, W] uint8
+        out = {c.name: ladder[:, j] for j, c in enumerate(laddered)}
+    out.update({c.name: x for c in conditions if c.kind == "clean"})
+    return out

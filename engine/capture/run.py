@@ -16,7 +16,7 @@ import torch
 
 from priorscope.engine.capture.config import CaptureConfig, validate
 from priorscope.engine.capture.hooks import Recorder, recording
-from priorscope.engine.capture.images import condition_images
+from priorscope.engine.capture.images import condition_images, condition_tensors
 from priorscope.engine.capture.plan import Plan, batches_of_shard
 from priorscope.engine.capture.progress import CaptureProgress, RankLog, describe_runs
 from priorscope.engine.capture.setup import open_capture_store, prepare
@@ -70,6 +70,8 @@ class _Job:
     # --answer-from candidates: read one-token answers at the prefill (None: always generate).
     answer_tokens: dict[str, int | None] | None = None
     vocabulary: tuple[str, ...] = ()
+    # --preprocess resolved: condition images are preprocessed on the model's device.
+    device_pixels: bool = False
 
     def choices(self, example: Any) -> list[tuple[str, int]] | None:
         """Return the (answer, token id) pairs ``example``'s answer is read from, or None.
@@ -248,6 +250,7 @@ def _job(
         if cfg.answer_from == "candidates"
         else (),
         on_bad=on_bad,
+        device_pixels=device_preprocessing(cfg.preprocess, adapter),
         # Marks are written whenever the store has the array (whatever this run's policy),
         # so a shard's marks never depend on which run computed it.
         skip_marks=has_skip_marks(group),
@@ -450,7 +453,9 @@ def prepare_batch(job: _Job, indices: Sequence[int]) -> Prepared:
     conditions form at most two groups, each encoded as one condition-major batch.
     """
     examples = [job.plan.example_at(i) for i in indices]
-    images = condition_images(examples, job.conditions, job.adapter.device)
+    device = job.adapter.device
+    tensors = condition_tensors(examples, job.conditions, device) if job.device_pixels else None
+    images = condition_images(examples, job.conditions, device) if tensors is None else None
     names = [cond.name for cond in job.conditions]
     groups = [
         [ci for ci, cond in enumerate(job.conditions) if (cond.kind == "none") == is_none]
@@ -458,11 +463,68 @@ def prepare_batch(job: _Job, indices: Sequence[int]) -> Prepared:
     ]
     encoded = []
     for group in (g for g in groups if g):
-        flat_images = [img for ci in group for img in images[names[ci]]]
-        batch = job.adapter.encode(examples * len(group), flat_images)
+        if tensors is not None and job.conditions[group[0]].kind != "none":
+            batch = _encode_on_device(job, examples, [tensors[names[ci]] for ci in group])
+        else:
+            if images is None:  # the 'none' group of a batch preprocessed on the device
+                flat_images: list[Any] = [None] * (len(examples) * len(group))
+            else:
+                flat_images = [img for ci in group for img in images[names[ci]]]
+            batch = job.adapter.encode(examples * len(group), flat_images)
         kinds = job.adapter.token_kinds(batch).to(job.adapter.device)
         encoded.append((group, batch, kinds))
     return Prepared(list(indices), examples, encoded)
+
+
+def device_preprocessing(preprocess: str, adapter: VLMAdapter) -> bool:
+    """Return whether condition images are preprocessed on the model's device (``--preprocess``).
+
+    ``device`` needs the Qwen2-VL family's PIL image processor with its default steps (refused
+    otherwise, with the reason); ``auto`` uses it on a CUDA device where it is allowed.
+    """
+    if preprocess == "host":
+        return False
+    from priorscope.engine.models.qwen2_vl import device_pixel_values
+
+    processor = getattr(adapter, "processor", None)
+    try:  # a 28 x 28 probe on the host: refuses what device preprocessing cannot reproduce
+        device_pixel_values(
+            getattr(processor, "image_processor", None),
+            torch.zeros(1, 3, 28, 28, dtype=torch.uint8),
+        )
+    except ModelError as exc:
+        if preprocess == "device":
+            raise UsageError(
+                f"Expected a model whose images can be preprocessed on the device for "
+                f"--preprocess device. Got {exc} Use --preprocess host (or auto)."
+            ) from None
+        return False
+    return preprocess == "device" or adapter.device.type == "cuda"
+
+
+def _encode_on_device(
+    job: _Job, examples: list[Any], images: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Return the encoded batch of ``examples`` under each condition's ``images`` (in order).
+
+    The text side (ids, mask, token layout) is the processor's, made once from the clean
+    images: every condition has the same image sizes, so the same tokens. The pixels of each
+    condition are made on the device by :func:`device_pixel_values`, equal to the processor's.
+    """
+    from priorscope.engine.models.qwen2_vl import device_pixel_values
+
+    base = job.adapter.encode(examples, [ex.image for ex in examples])
+    processor = job.adapter.processor.image_processor
+    pixels, grids = zip(*(device_pixel_values(processor, x) for x in images), strict=True)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in base.items():
+        if key == "pixel_values":
+            out[key] = torch.cat(pixels).to(value.dtype)
+        elif key == "image_grid_thw":
+            out[key] = torch.cat(grids).to(value.device)
+        else:
+            out[key] = torch.cat([value] * len(images))
+    return out
 
 
 # Batches prepared ahead of the one on the model: one is enough to hide preparation that is

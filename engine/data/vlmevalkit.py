@@ -287,13 +287,13 @@ def score_reply(
         return said, float(said in {process_answer(g) for g in golds}), True
     # Open answers: the answer kept (what invariance and flips compare) is the reply as
     # VLMEvalKit's normaliser writes it, whichever metric scores it.
-    said = process_answer(reply) or None
+    open_said: str | None = process_answer(reply) or None
     if rule == "vqa":
         if len(golds) > 1:
-            return said, vqa_score(reply, golds), bool(reply.strip())
-        return said, accuracy(reply, golds), bool(reply.strip())
+            return open_said, vqa_score(reply, golds), bool(reply.strip())
+        return open_said, accuracy(reply, golds), bool(reply.strip())
     if rule == "relaxed":
-        return said, relaxed_accuracy(reply, golds), bool(reply.strip())
+        return open_said, relaxed_accuracy(reply, golds), bool(reply.strip())
     if rule == "anls":
-        return said, anls(reply, golds), bool(reply.strip())
+        return open_said, anls(reply, golds), bool(reply.strip())
     raise ValueError(f"Expected a scored rule (choice, yes/no, vqa, relaxed, anls). Got {rule!r}.")

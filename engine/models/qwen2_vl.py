@@ -81,3 +81,59 @@ class Qwen2VLAdapter(HFAdapter):
     @classmethod
     def processor_class(cls) -> Any:
         return image_only_qwen2_vl_processor()
+
+
+def device_pixel_values(image_processor: Any, images: Any) -> tuple[Any, Any]:
+    """Return (pixel_values, image_grid_thw) of uint8 ``images`` [N, C, H, W], on their device.
+
+    The Qwen2-VL family's image preprocessing (resize, rescale, normalise, patchify) as tensor
+    ops, bitwise equal to what ``image_processor`` returns for the same images as PIL images,
+    so condition images can stay on the GPU from the blur to the model. Only Qwen2-VL's PIL
+    image processor (the one used where torchvision is absent) with its own steps is
+    reproduced; any other processor or option is refused with the reason, and the images are
+    then preprocessed on the host as usual.
+    """
+    import torch
+
+    from priorscope.engine.errors import ModelError
+    from priorscope.kernels.resize import PIL_CODES, qwen_pixel_values
+
+    name = type(image_processor).__name__
+    if name != "Qwen2VLImageProcessorPil":
+        raise ModelError(
+            f"Expected Qwen2-VL's PIL image processor for device preprocessing. Got {name}; "
+            "preprocess on the host (its own resize differs from Pillow's)."
+        )
+    ip = image_processor
+    flags = {"do_resize": True, "do_rescale": True, "do_normalize": True}
+    off = [flag for flag, want in flags.items() if bool(getattr(ip, flag)) != want]
+    if off or int(ip.resample) not in PIL_CODES:
+        raise ModelError(
+            f"Expected the processor's default steps (resize bicubic or bilinear, rescale, "
+            f"normalise). Got {off or f'resample={ip.resample}'} changed; preprocess on the host."
+        )
+    channels = int(images.shape[1]) if images.dim() == 4 else -1
+    if channels != 3:
+        raise ModelError(
+            f"Expected RGB images [N, 3, H, W] for device preprocessing. Got shape "
+            f"{tuple(images.shape)}; the processor converts other modes to RGB on the host."
+        )
+
+    def per_channel(value: Any) -> tuple[float, ...]:
+        values = value if isinstance(value, list | tuple) else [value] * channels
+        return tuple(float(v) for v in values)
+
+    pixel_values, grid = qwen_pixel_values(
+        images,
+        min_pixels=int(ip.size.shortest_edge),
+        max_pixels=int(ip.size.longest_edge),
+        patch_size=int(ip.patch_size),
+        temporal_patch_size=int(ip.temporal_patch_size),
+        merge_size=int(ip.merge_size),
+        image_mean=per_channel(ip.image_mean),
+        image_std=per_channel(ip.image_std),
+        rescale_factor=float(ip.rescale_factor),
+        method=PIL_CODES[int(ip.resample)],
+    )
+    thw = torch.tensor([grid] * images.shape[0], dtype=torch.long, device=images.device)
+    return pixel_values, thw

@@ -68,7 +68,7 @@ def read_patch(path: str | Path) -> PatchResult:
     directions = tuple(tuple(d.split("->", 1)) for d in coords.get("direction", []))
     return PatchResult(
         config=config,
-        directions=directions or config.directions,  # type: ignore[arg-type]
+        directions=directions or config.directions,
         groups=tuple(coords.get("group", [])),
         modes=tuple(coords.get("mode", [])),
         candidates=tuple(coords.get("candidate", [])),
