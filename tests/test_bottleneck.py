@@ -413,3 +413,45 @@ def test_training_can_start_from_a_checkpoint(tmp_path: Path) -> None:
         torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=1e-6, atol=1e-6)
     # Another architecture cannot start from it.
     assert main([*args, "--steps", "1", "--layers", "4", "--init", "builtin:bottleneck"]) == 2
+
+
+def test_a_second_stage_starts_from_the_first_and_equals_a_separate_fine_tune(
+    tmp_path: Path,
+) -> None:
+    from safetensors.torch import load_file
+
+    from priorscope.engine.training import organism as org
+
+    cfg = replace(
+        _small(seed=5),
+        arch=replace(BOTTLENECK.arch, layers=4),
+        readout_layer=1,
+        suppress_layers=(2, 3),
+        steps=2,
+        plant_start=1,
+        then={"steps": 2, "lr": 3e-4, "plant_start": 0, "plant_ramp": 0, "hide_erase_weight": 4.0},
+    )
+    summary = org.train(cfg, tmp_path / "run", log=[].append)
+    assert [s["config"]["steps"] for s in summary["stages"]] == [2, 2]
+    second = summary["stages"][1]["config"]
+    assert second["init"] == str(tmp_path / "run" / "stage-1") and second["then"] == {}
+    assert second["hide_erase_weight"] == 4.0 and second["lr"] == 3e-4
+    assert summary["config"]["then"]["hide_erase_weight"] == 4.0
+    assert summary["cpu_seconds"] == pytest.approx(
+        sum(s["cpu_seconds"] for s in summary["stages"]), abs=0.11
+    )
+    # The same second stage run on its own from the saved first stage: the same weights.
+    alone = org.train(org.second_stage(cfg, tmp_path / "run" / "stage-1"), tmp_path / "alone")
+    assert "stages" not in alone
+    a = load_file(str(tmp_path / "run" / "model.safetensors"))
+    b = load_file(str(tmp_path / "alone" / "model.safetensors"))
+    first = load_file(str(tmp_path / "run" / "stage-1" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], first[k]) for k in a)  # the second stage trained
+
+
+def test_a_second_stage_may_not_change_its_start_or_add_a_third() -> None:
+    for bad in ({"init": "builtin:organism"}, {"then": {"steps": 1}}, {"stepz": 3}):
+        with pytest.raises(UsageError, match="second stage"):
+            replace(BOTTLENECK, then=bad)

@@ -41,7 +41,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,9 @@ class TrainConfig:
     # Start from this checkpoint's weights (a folder or builtin:NAME of the same architecture)
     # instead of a random initialisation: "" trains from scratch.
     init: str = ""
+    # A second stage, run after this one from its weights (saved in OUT/stage-1): the settings
+    # it changes (e.g. a fine-tune's steps, lr and loss weights). Empty: one stage.
+    then: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         layers = self.arch.layers
@@ -162,6 +165,13 @@ class TrainConfig:
                     f"Expected a valid {name} for organism training. Got {getattr(self, name)!r}."
                 )
         self._check_plant()
+        settable = set(self.__dataclass_fields__) - {"then", "init"}
+        unknown = sorted(set(self.then) - settable)
+        if unknown:
+            raise UsageError(
+                f"Expected the second stage to change TrainConfig settings other than init and "
+                f"then. Got {unknown}."
+            )
 
     def _check_plant(self) -> None:
         from priorscope.engine.data.synth import SynthConfig
@@ -604,7 +614,44 @@ def _load_init(model: Any, init: str) -> None:
 def train(
     cfg: TrainConfig, out_dir: str | Path, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Return the training summary after training the organism and saving it to ``out_dir``."""
+    """Return the training summary after training the organism and saving it to ``out_dir``.
+
+    With ``cfg.then`` the first stage is saved in ``out_dir/stage-1`` and the second starts
+    from it; the summary then covers both (``stages``, total wall and CPU time).
+    """
+    if cfg.then:
+        return _train_stages(cfg, Path(out_dir), log)
+    return _train_one(cfg, out_dir, log)
+
+
+def second_stage(cfg: TrainConfig, first_out: str | Path) -> TrainConfig:
+    """Return the config of ``cfg``'s second stage, started from the weights in ``first_out``."""
+    return replace(cfg, then={}, init=str(first_out), **cfg.then)
+
+
+def _train_stages(cfg: TrainConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"stage 1 of 2 -> {out / 'stage-1'}")
+    first = _train_one(replace(cfg, then={}), out / "stage-1", log)
+    log(f"stage 2 of 2 (from stage 1; {', '.join(sorted(cfg.then))}) -> {out}")
+    second = _train_one(second_stage(cfg, out / "stage-1"), out, log)
+    summary = {
+        "config": cfg.to_json(),
+        "parameters": second["parameters"],
+        "prep_seconds": round(first["prep_seconds"] + second["prep_seconds"], 1),
+        "wall_seconds": round(first["wall_seconds"] + second["wall_seconds"], 1),
+        "cpu_seconds": round(first["cpu_seconds"] + second["cpu_seconds"], 1),
+        "torch_threads": second["torch_threads"],
+        "final_loss": second["final_loss"],
+        "stages": [first, second],
+    }
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _train_one(
+    cfg: TrainConfig, out_dir: str | Path, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Return the summary of one training stage (saved to ``out_dir``)."""
     import torch
 
     from priorscope.engine.models.qwen2_5_vl import Qwen2_5_VLAdapter
