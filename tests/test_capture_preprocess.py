@@ -24,18 +24,24 @@ LADDER = (0.01, 0.04, 0.16)
 
 
 @pytest.mark.parametrize(
-    ("model", "size"),
-    [("builtin:organism", 96), ("qwen2_5_vl", 100), ("qwen2_5_vl", 70)],
+    ("model", "size", "answer_from"),
+    [
+        ("builtin:organism", 96, "generate"),
+        ("builtin:organism", 96, "candidates"),
+        ("qwen2_5_vl", 100, "generate"),
+        ("qwen2_5_vl", 70, "generate"),
+        ("qwen2_vl", 100, "generate"),
+    ],
 )
 def test_device_preprocessing_writes_the_host_paths_store(
-    tmp_path: Path, model: str, size: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, model: str, size: int, answer_from: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Sizes off the patch grid: every image is resized (the organism's processor to 84 px, the
     # tiny Qwen2.5-VL's to the nearest multiple of 28), the step that must match Pillow exactly.
     if model != "builtin:organism":
         model = str(build_tiny(model, tmp_path / "model"))
     rows = synth.generate(synth.SynthConfig(n=10, seed=5, size=size))
-    options = dict(ladder=LADDER, none=True, batch_size=4, full_seq=3)
+    options = dict(ladder=LADDER, none=True, batch_size=4, full_seq=3, answer_from=answer_from)
     calls: list[int] = []
     encode = run_module._encode_on_device
 
