@@ -5,6 +5,7 @@
   :mod:`.blur` only for CUDA tensors when triton is installed);
 - :mod:`.images`: the same for lists of PIL images or numpy arrays;
 - :mod:`.reduce`: the site reductions of the residual stream (last, image_mean, text_mean);
+- :mod:`.resize`: Pillow's 8-bit resize and Qwen2-VL's preprocessing as tensor ops, bitwise;
 - :mod:`.errors`: the errors they raise.
 
 Names load on first use, so ``priorscope.kernels.errors`` imports without torch.

@@ -16,7 +16,6 @@ the same on every device. A side that keeps its size is not resampled (Pillow sk
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -168,37 +167,10 @@ def resize_uint8(
     return _two_pass(images.to(torch.float64), h, w, out_h, out_w, method, order).to(torch.uint8)
 
 
-def smart_resize(
-    height: int, width: int, factor: int, min_pixels: int, max_pixels: int
-) -> tuple[int, int]:
-    """Return the (height, width) Qwen2-VL's image processors resize an image to.
-
-    Both sides become multiples of ``factor`` (patch x merge size) with the area kept within
-    [min_pixels, max_pixels] and the aspect ratio as close as that allows.
-    """
-    if max(height, width) / min(height, width) > 200:
-        raise KernelUsageError(
-            f"Expected an aspect ratio under 200, as Qwen2-VL's processor requires. Got "
-            f"{height}x{width}; crop or pad the image first."
-        )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
 def qwen_pixel_values(
     images: torch.Tensor,
     *,
-    min_pixels: int,
-    max_pixels: int,
+    size: tuple[int, int],
     patch_size: int,
     temporal_patch_size: int,
     merge_size: int,
@@ -210,8 +182,8 @@ def qwen_pixel_values(
     """Return (pixel_values [N * patches, C * T * P * P] float32, grid (1, gh, gw)) of ``images``.
 
     ``images`` [N, C, H, W] uint8 share one size. The steps and their arithmetic are those of
-    Qwen2-VL's PIL image processor: resize to the smart size (Pillow's bytes, see
-    :func:`resize_uint8`), rescale in float64 then round to float32, normalise in float32,
+    Qwen2-VL's PIL image processor: resize to ``size`` (height, width: the processor's
+    ``smart_resize`` of the image size; Pillow's bytes, see :func:`resize_uint8`), rescale in float64 then round to float32, normalise in float32,
     then cut into patches, each image repeated over the temporal patch. The values are equal,
     bit for bit, to the processor's, on whatever device ``images`` is on.
     """
@@ -219,9 +191,8 @@ def qwen_pixel_values(
         raise KernelUsageError(
             f"Expected uint8 images [N, C, H, W]. Got {images.dtype} {tuple(images.shape)}."
         )
-    n, c, h, w = images.shape
-    factor = patch_size * merge_size
-    out_h, out_w = smart_resize(h, w, factor, min_pixels, max_pixels)
+    n, c = images.shape[:2]
+    out_h, out_w = size
     x = resize_uint8(images, (out_h, out_w), method)
     x = (x.to(torch.float64) * rescale_factor).to(torch.float32)
     mean = torch.tensor(image_mean, dtype=torch.float32, device=x.device)[:, None, None]

@@ -71,20 +71,15 @@ def _ladder(
     clean: Sequence[Sequence[Image.Image]], laddered: Sequence[Condition], device: torch.device
 ) -> dict[str, list[list[Image.Image]]]:
     """Return, per laddered condition, every row's images blurred (same nesting as ``clean``)."""
-    from priorscope.kernels import blur_ladder
-
     # Images of one size share a call; order within a size is row order, then image order.
     by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for row, images in enumerate(clean):
         for k, img in enumerate(images):
             by_size.setdefault(img.size, []).append((row, k))
-    sigmas = [math.inf if c.kind == "total" else c.sigma for c in laddered]
     out = {c.name: [list(images) for images in clean] for c in laddered}
     for places in by_size.values():
-        pixels = np.stack([np.asarray(clean[r][k], dtype=np.uint8) for r, k in places])
-        x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2)  # [N, C, H, W]
-        with kernel_errors():
-            ladder = blur_ladder(x, sigmas, relative=True)  # [N, K, C, H, W] uint8
+        x = _on_device([clean[r][k] for r, k in places], device)
+        ladder = _blurred(x, laddered)
         host = ladder.permute(0, 1, 3, 4, 2).contiguous().cpu().numpy()
         for j, cond in enumerate(laddered):
             for n, (r, k) in enumerate(places):
@@ -101,21 +96,31 @@ def condition_tensors(
     PIL: for preprocessing on the device. None where the batch does not allow it: a row
     without exactly one image, an image that is not RGB, or images of different sizes.
     """
-    from priorscope.kernels import blur_ladder
-
     if not examples or any(not ex.has_image or len(ex.images) != 1 for ex in examples):
         return None
     clean = [ex.image for ex in examples]
     if any(img.mode != "RGB" for img in clean) or len({img.size for img in clean}) != 1:
         return None
-    pixels = np.stack([np.asarray(img, dtype=np.uint8) for img in clean])
-    x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2)  # [N, C, H, W], as _ladder
+    x = _on_device(clean, device)
     laddered = [c for c in conditions if c.kind in ("blur", "total")]
     out: dict[str, torch.Tensor] = {}
     if laddered:
-        sigmas = [math.inf if c.kind == "total" else c.sigma for c in laddered]
-        with kernel_errors():
-            ladder = blur_ladder(x, sigmas, relative=True)  # [N, K, C, H, W] uint8
+        ladder = _blurred(x, laddered)
         out = {c.name: ladder[:, j] for j, c in enumerate(laddered)}
     out.update({c.name: x for c in conditions if c.kind == "clean"})
     return out
+
+
+def _on_device(images: Sequence[Image.Image], device: torch.device) -> torch.Tensor:
+    """Return same-size images as uint8 [N, C, H, W] on ``device``."""
+    pixels = np.stack([np.asarray(img, dtype=np.uint8) for img in images])
+    return torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2)
+
+
+def _blurred(x: torch.Tensor, laddered: Sequence[Condition]) -> torch.Tensor:
+    """Return the ladder [N, K, C, H, W] uint8 of images ``x`` at the laddered conditions."""
+    from priorscope.kernels import blur_ladder
+
+    sigmas = [math.inf if c.kind == "total" else c.sigma for c in laddered]
+    with kernel_errors():
+        return blur_ladder(x, sigmas, relative=True)

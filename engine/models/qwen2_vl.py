@@ -93,6 +93,8 @@ def device_pixel_values(image_processor: Any, images: Any) -> tuple[Any, Any]:
     reproduced; any other processor or option is refused with the reason, and the images are
     then preprocessed on the host as usual.
     """
+    import sys
+
     import torch
 
     from priorscope.engine.errors import ModelError
@@ -123,10 +125,20 @@ def device_pixel_values(image_processor: Any, images: Any) -> tuple[Any, Any]:
         values = value if isinstance(value, list | tuple) else [value] * channels
         return tuple(float(v) for v in values)
 
-    pixel_values, grid = qwen_pixel_values(
-        images,
+    # The target size by the processor's own function, so it follows the installed version.
+    smart_resize = sys.modules[type(ip).__module__].smart_resize
+    factor = int(ip.patch_size) * int(ip.merge_size)
+    height, width = int(images.shape[2]), int(images.shape[3])
+    size = smart_resize(
+        height,
+        width,
+        factor=factor,
         min_pixels=int(ip.size.shortest_edge),
         max_pixels=int(ip.size.longest_edge),
+    )
+    pixel_values, grid = qwen_pixel_values(
+        images,
+        size=(int(size[0]), int(size[1])),
         patch_size=int(ip.patch_size),
         temporal_patch_size=int(ip.temporal_patch_size),
         merge_size=int(ip.merge_size),
