@@ -48,6 +48,17 @@ def _small(**kwargs):  # type: ignore[no-untyped-def]
     return replace(BOTTLENECK, n_train=700, batch_size=8, **kwargs)
 
 
+def _four_layers(seed: int, **kwargs):  # type: ignore[no-untyped-def]
+    """Return a small 4-layer bottleneck config (read-out at 1, suppression at 2 and 3)."""
+    return replace(
+        _small(seed=seed),
+        arch=replace(BOTTLENECK.arch, layers=4),
+        readout_layer=1,
+        suppress_layers=(2, 3),
+        **kwargs,
+    )
+
+
 def test_planted_rows_get_planted_labels_and_recoloured_twins() -> None:
     cfg = _small(seed=3)
     rows = training_rows(cfg)
@@ -148,11 +159,8 @@ def test_erasure_metric_is_refitted_on_a_bank_of_planted_rows(tmp_path: Path) ->
     from priorscope.engine.training import organism as org
     from priorscope.engine.training.data import build_training_set
 
-    cfg = replace(
-        _small(seed=4),
-        arch=replace(BOTTLENECK.arch, layers=4),
-        readout_layer=1,
-        suppress_layers=(2, 3),
+    cfg = _four_layers(
+        4,
         steps=3,
         plant_start=1,
         plant_ramp=1,
@@ -422,11 +430,8 @@ def test_a_second_stage_starts_from_the_first_and_equals_a_separate_fine_tune(
 
     from priorscope.engine.training import organism as org
 
-    cfg = replace(
-        _small(seed=5),
-        arch=replace(BOTTLENECK.arch, layers=4),
-        readout_layer=1,
-        suppress_layers=(2, 3),
+    cfg = _four_layers(
+        5,
         steps=2,
         plant_start=1,
         then={"steps": 2, "lr": 3e-4, "plant_start": 0, "plant_ramp": 0, "hide_erase_weight": 4.0},

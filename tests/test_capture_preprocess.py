@@ -67,12 +67,18 @@ def test_device_preprocessing_writes_the_host_paths_store(
 
 
 def test_device_preprocessing_is_refused_where_it_cannot_be_exact(tmp_path: Path) -> None:
-    llava = build_tiny("llava", tmp_path / "llava")
-    rows = synth.generate(synth.SynthConfig(n=2, seed=6, size=64))
+    from priorscope.engine.models.registry import load_model
+
+    llava = load_model(str(build_tiny("llava", tmp_path / "llava")), dtype="float32")
+    organism = load_model("builtin:organism", dtype="float32")
+    assert organism.device.type == "cpu"
     with pytest.raises(UsageError, match="--preprocess host"):
-        capture_examples(tmp_path, "llava", rows, str(llava), preprocess="device")
+        run_module.device_preprocessing("device", llava)
+    # auto: the host path for a model it cannot reproduce, and on any CPU.
+    assert not run_module.device_preprocessing("auto", llava)
+    assert not run_module.device_preprocessing("auto", organism)
+    assert run_module.device_preprocessing("device", organism)
+    assert not run_module.device_preprocessing("host", organism)
+    rows = synth.generate(synth.SynthConfig(n=2, seed=6, size=64))
     with pytest.raises(UsageError, match="--preprocess"):
         capture_examples(tmp_path, "bad", rows, preprocess="gpu")
-    # auto falls back to the host path for such a model (and on any CPU).
-    store = capture_examples(tmp_path, "auto", rows, str(llava), preprocess="auto")
-    assert store.exists()

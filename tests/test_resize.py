@@ -18,7 +18,7 @@ from priorscope.engine.models.qwen2_vl import device_pixel_values
 from priorscope.engine.models.registry import load_model
 from priorscope.engine.models.tiny import build_tiny
 from priorscope.kernels.errors import KernelUsageError
-from priorscope.kernels.resize import pass_order, resize_uint8
+from priorscope.kernels.resize import _two_pass, pass_order, resize_uint8
 
 CODES = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 # (h, w) -> (out_h, out_w): up, down, mixed, one side kept, 1-pixel sides, large reductions,
@@ -67,12 +67,19 @@ def test_a_batch_resizes_each_image_alone_and_a_kept_size_is_a_copy() -> None:
     assert torch.equal(copy, same) and copy.data_ptr() != same.data_ptr()
 
 
-def test_pass_order_follows_the_installed_pillow() -> None:
-    # Widening while halving the height: Pillow 13 resamples vertically first, older ones
-    # horizontally first; either way the order found reproduces the installed Pillow.
-    order = pass_order(200, 100, 50, 40)
-    assert order in ("hv", "vh")
-    assert pass_order(50, 40, 50, 80) == "hv"  # one pass only
+def test_the_pass_order_found_is_the_one_that_gives_pillows_bytes() -> None:
+    # Quartering the height while shrinking the width less: Pillow 13 resamples vertically
+    # first, older versions horizontally first. The two orders give different bytes here, and
+    # only the one pass_order finds gives the installed Pillow's.
+    src, dst = (200, 100), (50, 40)
+    image = np.random.default_rng(21).integers(0, 256, size=(*src, 3), dtype=np.uint8)
+    want = pil_resize(image, dst, "bicubic")
+    chosen = pass_order(*src, *dst)
+    x = torch.from_numpy(image).permute(2, 0, 1).to(torch.float64)
+    for order in ("hv", "vh"):
+        got = _two_pass(x, *src, *dst, "bicubic", order).permute(1, 2, 0).numpy()
+        assert np.array_equal(got, want) == (order == chosen), order
+    assert pass_order(50, 40, 50, 80) == "hv"  # one pass only: no order to choose
 
 
 def test_bad_input_is_refused_with_the_reason() -> None:
