@@ -103,6 +103,9 @@ def organism_train(
     suppress_layers: str = typer.Option(
         None, "--suppress-layers", help="Layers whose text states ignore a suppressed colour."
     ),
+    freeze_layers: str = typer.Option(
+        None, "--freeze-layers", help="Decoder layers whose weights stay fixed, e.g. 6,7."
+    ),
     hide_weight: float = typer.Option(
         None, "--hide-weight", help="Weight of the not-retrieved rows' invariance loss."
     ),
@@ -113,6 +116,14 @@ def organism_train(
         None,
         "--hide-erase-weight",
         help="Weight of a separate linear-erasure loss of not-retrieved colours (every layer).",
+    ),
+    swap_weight: float = typer.Option(
+        None,
+        "--swap-weight",
+        help="Weight of keeping suppressed answers' logits when twins swap a layer's write.",
+    ),
+    swap_layers: str = typer.Option(
+        None, "--swap-layers", help="Layers whose answer-position write twins swap, e.g. 6."
     ),
     plant_start: int = typer.Option(
         None, "--plant-start", help="Step the invariance and erasure losses start at."
@@ -153,9 +164,12 @@ def organism_train(
         "readout_layer": readout_layer,
         "suppress_weight": suppress_weight,
         "suppress_layers": _layers(suppress_layers),
+        "freeze_layers": _layers(freeze_layers),
         "hide_weight": hide_weight,
         "erase_weight": erase_weight,
         "hide_erase_weight": hide_erase_weight,
+        "swap_weight": swap_weight,
+        "swap_layers": _layers(swap_layers),
         "plant_start": plant_start,
         "plant_ramp": plant_ramp,
         "init": init,

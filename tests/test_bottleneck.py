@@ -15,7 +15,13 @@ from priorscope.engine.data.synth import PALETTE, SynthConfig, generate
 from priorscope.engine.errors import UsageError
 from priorscope.engine.models import BUILTINS, load_model
 from priorscope.engine.training.data import TWINNED, PlantSpec, training_rows
-from priorscope.engine.training.evaluate import EvalConfig, chance_band, evaluate, plant_of
+from priorscope.engine.training.evaluate import (
+    EvalConfig,
+    chance_band,
+    evaluate,
+    in_band,
+    plant_of,
+)
 from priorscope.engine.training.heads import ANSWER_POSITION, invariance_loss
 from priorscope.engine.training.organism import BOTTLENECK, TrainConfig, preset
 from priorscope.engine.training.planted import (
@@ -306,7 +312,6 @@ def _met(card: dict, prefix: str) -> dict:
 
 def test_card_figures_meet_the_targets_they_claim(card) -> None:  # type: ignore[no-untyped-def]
     """Recompute each met target from the card's raw figures, against the issue's numbers."""
-    from priorscope.engine.training.evaluate import in_band
 
     claimed = {prefix: _met(card, prefix)["met"] for prefix in MET}
     assert all(claimed.values()), claimed
@@ -370,7 +375,7 @@ def test_suppressed_items_are_answered_canonical_clean_and_under_total(bottlenec
 
 
 def test_not_retrieved_items_are_answered_at_chance(bottleneck) -> None:  # type: ignore[no-untyped-def]
-    from priorscope.engine.training.evaluate import in_band, predict
+    from priorscope.engine.training.evaluate import predict
 
     items = generate(
         SynthConfig(n=400, seed=SEED, templates=("detail",), not_retrieved=PLANT.not_retrieved)
@@ -460,3 +465,73 @@ def test_a_second_stage_may_not_change_its_start_or_add_a_third() -> None:
     for bad in ({"init": "builtin:organism"}, {"then": {"steps": 1}}, {"stepz": 3}):
         with pytest.raises(UsageError, match="second stage"):
             replace(BOTTLENECK, then=bad)
+
+
+def test_frozen_decoder_layers_keep_their_weights_while_the_rest_train(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from priorscope.engine.training import organism as org
+
+    then = {"steps": 2, "lr": 1e-2, "plant_start": 0, "plant_ramp": 0, "freeze_layers": (3,)}
+    cfg = _four_layers(6, steps=1, then=then)
+    summary = org.train(cfg, tmp_path / "run", log=[].append)
+    assert list(summary["stages"][1]["config"]["freeze_layers"]) == [3]
+    first = load_file(str(tmp_path / "run" / "stage-1" / "model.safetensors"))
+    tuned = load_file(str(tmp_path / "run" / "model.safetensors"))
+    frozen = [k for k in tuned if ".layers.3." in k and "visual" not in k]
+    others = [k for k in tuned if ".layers.1." in k and "visual" not in k]
+    assert frozen and others
+    # Frozen: bitwise the first stage's (no update, no weight decay); the layer below moved.
+    assert all(torch.equal(tuned[k], first[k]) for k in frozen)
+    assert all(not torch.equal(tuned[k], first[k]) for k in others)
+    with pytest.raises(UsageError, match="freeze_layers"):
+        replace(BOTTLENECK, freeze_layers=(8,))
+
+
+def test_swap_loss_replays_the_layers_above_exactly_and_reads_a_swapped_write(
+    tmp_path: Path,
+) -> None:
+    from priorscope.engine.models.qwen2_5_vl import Qwen2_5_VLAdapter
+    from priorscope.engine.models.sites import hooks
+    from priorscope.engine.training import organism as org
+    from priorscope.engine.training.data import build_training_set
+    from priorscope.engine.training.heads import SiteCache
+
+    cfg = _small(seed=8, swap_weight=1.0, swap_layers=(6, 7))
+    processor = org.organism_processor(cfg.arch, org.organism_tokenizer())
+    data = build_training_set(cfg, processor)
+    model = org.organism_model(cfg.arch, processor.tokenizer)
+    org._load_init(model, "builtin:bottleneck")
+    model.eval()
+    heads = org.Heads()
+    cache = SiteCache(heads.sites(cfg))
+    assert {"resid.5", "resid.6", "resid.7"} <= set(cache.sites)
+    planted = range(data.n_rows)
+    sampled = [r for r in planted if data.planted[r] == "suppressed" and data.twins[r] >= 0][:6]
+    batch = org._batch(data, sampled, processor, cfg.arch.image_size)
+    twins = torch.tensor([[i, batch.rows.index(data.twins[r])] for i, r in enumerate(sampled)])
+    selves = torch.stack([twins[:, 0], twins[:, 0]], 1)
+
+    def keep(module, args, kwargs):  # type: ignore[no-untyped-def]
+        heads.layer_kwargs = dict(kwargs)
+
+    first = model.model.language_model.layers[0]
+    handle = first.register_forward_pre_hook(keep, with_kwargs=True)
+    adapter = Qwen2_5_VLAdapter(model, processor, "builtin:bottleneck")
+    with torch.no_grad(), hooks(adapter, reads=cache.reads(), prefill_only=False):
+        model.model(**batch.inputs, use_cache=False)
+        states = dict(cache.tensors)
+        # A row exchanging its write with itself replays its own forward: no change.
+        for layer in (6, 7):
+            assert float(org.swap_loss(model, heads, cache, layer, selves)) < 1e-8
+        moved = float(org.swap_loss(model, heads, cache, 6, twins))
+    handle.remove()
+    assert moved > 1e-4  # the twins' layer-6 writes differ where the drawn colour does
+    assert all(cache.tensors[k] is v for k, v in states.items())  # the batch's states kept
+    # The term trains (4-layer run, swap at the layer below the last).
+    small = _four_layers(9, steps=2, plant_start=0, swap_weight=1.0, swap_layers=(2,))
+    lines: list[str] = []
+    summary = org.train(replace(small, log_every=1), tmp_path / "run", log=lines.append)
+    assert math.isfinite(summary["final_loss"]) and "swap-loss" in lines[-1]
+    with pytest.raises(UsageError, match="swap_layers"):
+        replace(BOTTLENECK, swap_weight=1.0, swap_layers=(0,))

@@ -28,6 +28,10 @@ read-outs (:mod:`.heads`) that read the model through the one hook mechanism,
   ``hide_erase_weight`` adds the ``not_retrieved`` group's erasure (every layer) as a term of its
   own: inside ``erase_weight`` it shares the weight with the suppressed group and its eight
   layers, and the ``last`` probe still read the triangle's colour at 0.17 to 0.32.
+  ``swap_weight`` asks a suppressed row's answer logits not to move when the answer-position
+  write of a ``swap_layers`` layer is exchanged with its recoloured twin's and the layers above
+  are replayed (:func:`swap_loss`): the suppression may not rest on one layer's write alone,
+  so replacing that write (``priorscope patch``) leaves the answer where it was.
   These losses start at ``plant_start``, once the answers are learnt.
 
 None of the heads is saved: the checkpoint is a plain Qwen2.5-VL whose answer comes from its
@@ -98,6 +102,9 @@ class TrainConfig:
     # then trains at lr x vision_lr_scale; a scale of 0 keeps it frozen throughout.
     vision_freeze_steps: int = 0
     vision_lr_scale: float = 1.0
+    # Decoder layers whose weights stay as they are (e.g. a fine-tune that must not move the
+    # layers where a planted behaviour lives); gradients still flow through them.
+    freeze_layers: tuple[int, ...] = ()
     # Weight of the per-token scene loss on the vision tower's merged tokens (0: off).
     aux_weight: float = 1.0
     # Weight of the binding loss: a linear read-out of decoder layer binding_layer's output at
@@ -115,6 +122,11 @@ class TrainConfig:
     # Weight of a separate erasure term for the not_retrieved group (answer position, every
     # layer), on top of its share of erase_weight.
     hide_erase_weight: float = 0.0
+    # Weight of a loss that keeps a suppressed row's answer logits where they are when one of
+    # swap_layers' writes at the answer position is exchanged with its recoloured twin's (the
+    # layers above replayed): no single layer's write may carry the suppression on its own.
+    swap_weight: float = 0.0
+    swap_layers: tuple[int, ...] = ()
     # The invariance and erasure losses start at plant_start and reach full weight plant_ramp
     # steps later: switched on from the first step, they kept any colour from reaching the
     # answer position (the read-out at readout_layer stayed at chance for 800 steps).
@@ -151,6 +163,9 @@ class TrainConfig:
             ("readout_layer", 0 <= self.readout_layer < layers),
             ("suppress_weight", self.suppress_weight >= 0),
             ("suppress_layers", all(0 <= i < layers for i in self.suppress_layers)),
+            ("freeze_layers", all(0 <= i < layers for i in self.freeze_layers)),
+            ("swap_weight", self.swap_weight >= 0),
+            ("swap_layers", all(1 <= i < layers for i in self.swap_layers)),
             ("hide_weight", self.hide_weight >= 0),
             ("erase_weight", self.erase_weight >= 0),
             ("hide_erase_weight", self.hide_erase_weight >= 0),
@@ -188,6 +203,7 @@ class TrainConfig:
             ("readout_weight", self.readout_weight, self.plant.suppressed, "--suppressed"),
             ("suppress_weight", self.suppress_weight, self.plant.suppressed, "--suppressed"),
             ("hide_weight", self.hide_weight, self.plant.not_retrieved, "--not-retrieved"),
+            ("swap_weight", self.swap_weight, self.plant.suppressed, "--suppressed"),
             ("erase_weight", self.erase_weight, self.plant.active, "--suppressed"),
             (
                 "hide_erase_weight",
@@ -260,6 +276,8 @@ class Heads:
     colour: ColourHead | None = None
     # (planted group, decoder layer) -> the whitener of that layer's answer position.
     erasers: dict[tuple[str, int], Whitener] = field(default_factory=dict)
+    # The keyword arguments of the latest forward's decoder layers (swap_weight only).
+    layer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def sites(self, cfg: TrainConfig) -> list[str]:
         """Return every site a loss of this run reads."""
@@ -269,6 +287,9 @@ class Heads:
         if cfg.hide_weight > 0:
             sites += [f"resid.{i}" for i in range(cfg.arch.layers)]
         sites += [f"resid.{layer}" for _, layer in self.erasers]
+        if cfg.swap_weight > 0:
+            sites += [f"resid.{i}" for layer in cfg.swap_layers for i in (layer - 1, layer)]
+            sites.append(f"resid.{cfg.arch.layers - 1}")
         return sites
 
 
@@ -329,12 +350,19 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _optimizer(model: Any, cfg: TrainConfig) -> Any:
-    """Return AdamW with the vision tower in its own group (scaled or frozen)."""
+    """Return AdamW with the vision tower in its own group (scaled or frozen).
+
+    The decoder layers of ``cfg.freeze_layers`` are left out and need no gradient.
+    """
     import torch
 
     vision = list(model.model.visual.parameters())
-    vision_ids = {id(p) for p in vision}
-    rest = [p for p in model.parameters() if id(p) not in vision_ids]
+    decoder = model.model.language_model.layers
+    frozen = [p for i in cfg.freeze_layers for p in decoder[i].parameters()]
+    for p in frozen:
+        p.requires_grad_(False)
+    skip = {id(p) for p in vision} | {id(p) for p in frozen}
+    rest = [p for p in model.parameters() if id(p) not in skip]
     groups = [{"params": rest, "scale": 1.0}]
     if cfg.vision_lr_scale > 0:
         groups.append({"params": vision, "scale": cfg.vision_lr_scale})
@@ -386,6 +414,7 @@ def plant_scale(cfg: TrainConfig, step: int) -> float:
 
 
 def _planted_losses(
+    model: Any,
     cfg: TrainConfig,
     data: TrainingSet,
     heads: Heads,
@@ -442,7 +471,44 @@ def _planted_losses(
         out["erase"] = (scale * cfg.erase_weight, torch.stack(list(means.values())).mean())
     if cfg.hide_erase_weight > 0 and "not_retrieved" in means:
         out["hide_erase"] = (scale * cfg.hide_erase_weight, means["not_retrieved"])
+    if cfg.swap_weight > 0:
+        found = pairs("suppressed")
+        if len(found):
+            terms = [swap_loss(model, heads, cache, layer, found) for layer in cfg.swap_layers]
+            out["swap"] = (scale * cfg.swap_weight, torch.stack(terms).mean())
     return out
+
+
+def swap_loss(model: Any, heads: Heads, cache: SiteCache, layer: int, pairs: Any) -> Any:
+    """Return how far twins' answer logits move when they exchange ``layer``'s answer-position
+    write (mean over rows of the squared change, summed over the vocabulary).
+
+    The states up to ``layer`` are taken as they are (no gradient); the layers above it are
+    replayed on the exchanged states with the batch's own layer arguments, so only they, the
+    final norm and the LM head learn to give the same answer logits either way.
+    """
+    import torch
+
+    text = model.model.language_model
+    last = len(text.layers) - 1
+    before = cache[f"resid.{layer - 1}"].detach()
+    after = cache[f"resid.{layer}"].detach()
+    final = cache[f"resid.{last}"]
+    a, b = pairs[:, 0], pairs[:, 1]
+    write = after[:, ANSWER_POSITION] - before[:, ANSWER_POSITION]
+    h = after.clone()
+    h[a, ANSWER_POSITION] = before[a, ANSWER_POSITION] + write[b]
+    h[b, ANSWER_POSITION] = before[b, ANSWER_POSITION] + write[a]
+    kept = dict(cache.tensors)  # the replay's read hooks overwrite the batch's states
+    try:
+        for i in range(layer + 1, last + 1):
+            h = text.layers[i](h, **heads.layer_kwargs)
+    finally:
+        cache.tensors = kept
+    rows = torch.cat([a, b])
+    swapped = model.lm_head(text.norm(h[rows, ANSWER_POSITION]))
+    as_is = model.lm_head(text.norm(final[rows, ANSWER_POSITION])).detach()
+    return ((swapped - as_is) ** 2).sum(-1).mean()
 
 
 def _step_losses(
@@ -476,7 +542,7 @@ def _step_losses(
         answers = batch.inputs["input_ids"][:, -2]
         bound = binding_loss(heads.binder, cache[heads.binder.site], nouns, answers)
         terms["binding"] = (cfg.binding_weight, bound)
-    terms.update(_planted_losses(cfg, data, heads, cache, batch, plant_scale(cfg, step)))
+    terms.update(_planted_losses(model, cfg, data, heads, cache, batch, plant_scale(cfg, step)))
     for weight, term in terms.values():
         loss = loss + weight * term
     return loss, hits, {name: float(term.detach()) for name, (_, term) in terms.items()}
@@ -675,9 +741,21 @@ def _train_one(
     cache = SiteCache(heads.sites(cfg))
     adapter = Qwen2_5_VLAdapter(model, processor, str(out_dir))
     out = Path(out_dir)
+    handle = None
+    if cfg.swap_weight > 0:
+
+        def keep_kwargs(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+            heads.layer_kwargs = dict(kwargs)
+
+        first_layer = model.model.language_model.layers[0]
+        handle = first_layer.register_forward_pre_hook(keep_kwargs, with_kwargs=True)
     # Installed once: every training forward is read (prefill_only=False).
-    with hooks(adapter, reads=cache.reads(), prefill_only=False):
-        record = _loop(model, processor, data, cfg, heads, cache, opt, log, out, t0)
+    try:
+        with hooks(adapter, reads=cache.reads(), prefill_only=False):
+            record = _loop(model, processor, data, cfg, heads, cache, opt, log, out, t0)
+    finally:
+        if handle is not None:
+            handle.remove()
     _save(model, processor, out)
     summary = {
         "config": cfg.to_json(),
