@@ -512,11 +512,7 @@ def test_swap_loss_replays_the_layers_above_exactly_and_reads_a_swapped_write(
     twins = torch.tensor([[i, batch.rows.index(data.twins[r])] for i, r in enumerate(sampled)])
     selves = torch.stack([twins[:, 0], twins[:, 0]], 1)
 
-    def keep(module, args, kwargs):  # type: ignore[no-untyped-def]
-        heads.layer_kwargs = dict(kwargs)
-
-    first = model.model.language_model.layers[0]
-    handle = first.register_forward_pre_hook(keep, with_kwargs=True)
+    handle = org.keep_layer_kwargs(model, heads)
     adapter = Qwen2_5_VLAdapter(model, processor, "builtin:bottleneck")
     with torch.no_grad(), hooks(adapter, reads=cache.reads(), prefill_only=False):
         model.model(**batch.inputs, use_cache=False)

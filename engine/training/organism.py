@@ -479,6 +479,17 @@ def _planted_losses(
     return out
 
 
+def keep_layer_kwargs(model: Any, heads: Heads) -> Any:
+    """Keep each forward's decoder-layer keyword arguments in ``heads.layer_kwargs`` (for
+    :func:`swap_loss`'s replay); return the hook handle."""
+
+    def keep(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        heads.layer_kwargs = dict(kwargs)
+
+    first = model.model.language_model.layers[0]
+    return first.register_forward_pre_hook(keep, with_kwargs=True)
+
+
 def swap_loss(model: Any, heads: Heads, cache: SiteCache, layer: int, pairs: Any) -> Any:
     """Return how far twins' answer logits move when they exchange ``layer``'s answer-position
     write (mean over rows of the squared change, summed over the vocabulary).
@@ -741,14 +752,7 @@ def _train_one(
     cache = SiteCache(heads.sites(cfg))
     adapter = Qwen2_5_VLAdapter(model, processor, str(out_dir))
     out = Path(out_dir)
-    handle = None
-    if cfg.swap_weight > 0:
-
-        def keep_kwargs(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-            heads.layer_kwargs = dict(kwargs)
-
-        first_layer = model.model.language_model.layers[0]
-        handle = first_layer.register_forward_pre_hook(keep_kwargs, with_kwargs=True)
+    handle = keep_layer_kwargs(model, heads) if cfg.swap_weight > 0 else None
     # Installed once: every training forward is read (prefill_only=False).
     try:
         with hooks(adapter, reads=cache.reads(), prefill_only=False):
