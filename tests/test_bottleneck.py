@@ -441,8 +441,12 @@ def test_a_second_stage_starts_from_the_first_and_equals_a_separate_fine_tune(
         plant_start=1,
         then={"steps": 2, "lr": 3e-4, "plant_start": 0, "plant_ramp": 0, "hide_erase_weight": 4.0},
     )
-    summary = org.train(cfg, tmp_path / "run", log=[].append)
+    lines: list[str] = []
+    summary = org.train(cfg, tmp_path / "run", log=lines.append)
     assert [s["config"]["steps"] for s in summary["stages"]] == [2, 2]
+    # The second stage changes no data setting, so it trains on the first stage's rows.
+    assert sum("prepared" in line for line in lines) == 1
+    assert any("reused the previous stage's" in line for line in lines)
     second = summary["stages"][1]["config"]
     assert second["init"] == str(tmp_path / "run" / "stage-1") and second["then"] == {}
     assert second["hide_erase_weight"] == 4.0 and second["lr"] == 3e-4
@@ -459,6 +463,34 @@ def test_a_second_stage_starts_from_the_first_and_equals_a_separate_fine_tune(
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], first[k]) for k in a)  # the second stage trained
+
+
+def test_the_training_set_key_names_every_setting_the_rows_depend_on() -> None:
+    from priorscope.engine.training import organism as org
+    from priorscope.engine.training.data import build_training_set, training_set_key
+
+    base = replace(_small(seed=2), n_train=48)
+    processor = org.organism_processor(base.arch, org.organism_tokenizer())
+    # Settings the rows do not read keep the key, and the set built is the same.
+    same = replace(base, lr=5e-4, steps=9, hide_erase_weight=3.0, aux_weight=2.0)
+    assert training_set_key(same) == training_set_key(base)
+    a, b = build_training_set(base, processor), build_training_set(same, processor)
+    assert a.input_ids == b.input_ids and torch.equal(a.images, b.images)
+    assert torch.equal(a.scene, b.scene) and a.nouns == b.nouns
+    assert (a.twins, a.planted, a.drawn) == (b.twins, b.planted, b.drawn)
+    # Each setting the rows read changes it.
+    for change in (
+        {"seed": 3},
+        {"n_train": 64},
+        {"prior_rate": 0.5},
+        {"uninformative_rate": 0.1},
+        {"render_size": 96},
+        {"aux_weight": 0.0},
+        {"binding_weight": 0.0},
+        {"plant": replace(base.plant, suppressed_prior_rate=0.5)},
+        {"arch": replace(base.arch, image_size=56)},
+    ):
+        assert training_set_key(replace(base, **change)) != training_set_key(base), change
 
 
 def test_a_second_stage_may_not_change_its_start_or_add_a_third() -> None:

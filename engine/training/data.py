@@ -304,6 +304,21 @@ def collate(rows: Sequence[list[int]], pad_id: int, image_id: int) -> dict[str, 
     return {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == image_id).long()}
 
 
+def training_set_key(cfg: Any) -> tuple[Any, ...]:
+    """Return what :func:`build_training_set` reads of a TrainConfig: equal keys, equal sets."""
+    return (
+        cfg.n_train,
+        cfg.seed,
+        cfg.render_size,
+        cfg.prior_rate,
+        cfg.uninformative_rate,
+        cfg.plant,
+        cfg.arch.image_size,
+        cfg.aux_weight > 0,
+        cfg.binding_weight > 0,
+    )
+
+
 def build_training_set(cfg: Any, processor: Any) -> TrainingSet:
     """Return the rendered, tokenised training set of a TrainConfig (pixels checked)."""
     from priorscope.engine.data.synth import PALETTE

@@ -63,6 +63,7 @@ from priorscope.engine.training.data import (
     build_training_set,
     collate,
     patchify,
+    training_set_key,
 )
 from priorscope.engine.training.heads import (
     ANSWER_POSITION,
@@ -708,9 +709,13 @@ def second_stage(cfg: TrainConfig, first_out: str | Path) -> TrainConfig:
 
 def _train_stages(cfg: TrainConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"stage 1 of 2 -> {out / 'stage-1'}")
-    first = _train_one(replace(cfg, then={}), out / "stage-1", log)
+    first_cfg, second_cfg = replace(cfg, then={}), second_stage(cfg, out / "stage-1")
+    kept: list[TrainingSet] = []
+    first = _train_one(first_cfg, out / "stage-1", log, keep=kept)
     log(f"stage 2 of 2 (from stage 1; {', '.join(sorted(cfg.then))}) -> {out}")
-    second = _train_one(second_stage(cfg, out / "stage-1"), out, log)
+    # The second stage trains on the first's rows unless it changes a setting they depend on.
+    same = training_set_key(first_cfg) == training_set_key(second_cfg)
+    second = _train_one(second_cfg, out, log, data=kept[0] if same else None)
     summary = {
         "config": cfg.to_json(),
         "parameters": second["parameters"],
@@ -726,9 +731,17 @@ def _train_stages(cfg: TrainConfig, out: Path, log: Callable[[str], None]) -> di
 
 
 def _train_one(
-    cfg: TrainConfig, out_dir: str | Path, log: Callable[[str], None] = print
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    log: Callable[[str], None] = print,
+    data: TrainingSet | None = None,
+    keep: list[TrainingSet] | None = None,
 ) -> dict[str, Any]:
-    """Return the summary of one training stage (saved to ``out_dir``)."""
+    """Return the summary of one training stage (saved to ``out_dir``).
+
+    ``data``: this config's training set, already built (it is built otherwise); ``keep``: a
+    list the built set is appended to, for a later stage to reuse.
+    """
     import torch
 
     from priorscope.engine.models.qwen2_5_vl import Qwen2_5_VLAdapter
@@ -738,9 +751,15 @@ def _train_one(
     t0, cpu0 = time.time(), time.process_time()
     tokenizer = organism_tokenizer()
     processor = organism_processor(cfg.arch, tokenizer)
-    data = build_training_set(cfg, processor)
-    prep_s = time.time() - t0
-    log(f"prepared {len(data.input_ids)} rows in {prep_s:.0f}s")
+    if data is None:
+        data = build_training_set(cfg, processor)
+        prep_s = time.time() - t0
+        log(f"prepared {len(data.input_ids)} rows in {prep_s:.0f}s")
+    else:
+        prep_s = time.time() - t0
+        log(f"reused the previous stage's {len(data.input_ids)} rows")
+    if keep is not None:
+        keep.append(data)
     model = organism_model(cfg.arch, tokenizer)
     if cfg.init:
         _load_init(model, cfg.init)
