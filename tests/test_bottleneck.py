@@ -563,3 +563,66 @@ def test_swap_loss_replays_the_layers_above_exactly_and_reads_a_swapped_write(
     assert math.isfinite(summary["final_loss"]) and "swap-loss" in lines[-1]
     with pytest.raises(UsageError, match="swap_layers"):
         replace(BOTTLENECK, swap_weight=1.0, swap_layers=(0,))
+
+
+def test_a_scene_colour_read_apart_scores_each_token_once_and_keeps_the_shared_columns_off_it(
+    tmp_path: Path,
+) -> None:
+    import torch.nn.functional as F
+
+    from priorscope.engine.training import organism as org
+    from priorscope.engine.training.heads import AuxHead, aux_scene_loss
+
+    torch.manual_seed(0)
+    kinds, colours, apart = 6, 5, (2,)
+    head = AuxHead(8, kinds, colours, apart=apart)
+    assert head.linear.out_features == kinds + colours + 4 + colours
+    features = torch.randn(2 * 9, 8)
+    targets = torch.stack(
+        [
+            torch.randint(0, kinds, (2, 9)),
+            torch.randint(0, colours, (2, 9)),
+            torch.randint(0, 4, (2, 9)),
+        ],
+        dim=-1,
+    )
+    targets[0, :3, 0] = 2  # three tokens of the kind read apart
+    loss = aux_scene_loss(head, features, targets)
+    # By hand: kind and count as before; every token's colour scored once, by its own columns.
+    out = head.linear(features).detach()
+    flat = targets.reshape(-1, 3)
+    own = flat[:, 0] == 2
+    shared = F.cross_entropy(out[:, kinds : kinds + colours], flat[:, 1], reduction="none")
+    alone = F.cross_entropy(out[:, kinds + colours + 4 :], flat[:, 1], reduction="none")
+    want = (
+        F.cross_entropy(out[:, :kinds], flat[:, 0])
+        + torch.where(own, alone, shared).mean()
+        + F.cross_entropy(out[:, kinds + colours : kinds + colours + 4], flat[:, 2])
+    )
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-6, atol=1e-6)
+    # The apart tokens' colour moves only the extra columns; the shared columns see the rest.
+    features.requires_grad_(True)
+    only_apart = targets.clone()
+    only_apart[..., 0] = 2
+    head.linear.zero_grad()
+    aux_scene_loss(head, features, only_apart).backward()
+    grad = head.linear.weight.grad
+    assert torch.count_nonzero(grad[kinds : kinds + colours]) == 0
+    assert torch.count_nonzero(grad[kinds + colours + 4 :]) > 0
+    # Without the option the head and loss are the shared ones.
+    plain = AuxHead(8, kinds, colours)
+    assert plain.linear.out_features == kinds + colours + 4 and plain.apart == ()
+    # It needs not-retrieved shapes and the scene loss, and trains in a 4-layer run.
+    templates = ("color", "count", "presence", "prior", "control")
+    no_shapes = replace(BOTTLENECK.plant, not_retrieved=(), templates=templates)
+    blind = replace(BOTTLENECK, plant=no_shapes, hide_weight=0.0)
+    assert not blind.scene_colour_apart
+    with pytest.raises(UsageError, match="scene_colour_apart"):
+        replace(blind, scene_colour_apart=True)
+    with pytest.raises(UsageError, match="aux_weight"):
+        replace(BOTTLENECK, scene_colour_apart=True, aux_weight=0.0)
+    lines: list[str] = []
+    small = _four_layers(10, steps=2, plant_start=0, scene_colour_apart=True)
+    summary = org.train(small, tmp_path / "apart", log=lines.append)
+    assert summary["config"]["scene_colour_apart"] is True
+    assert math.isfinite(summary["final_loss"]) and "scene-loss" in lines[-1]
