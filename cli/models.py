@@ -72,11 +72,6 @@ def organism_train(
     aux_weight: float = typer.Option(
         None, "--aux-weight", help="Weight of the per-image-token scene loss (0: off)."
     ),
-    scene_colour_apart: bool = typer.Option(
-        None,
-        "--scene-colour-apart/--scene-colour-shared",
-        help="Read the not-retrieved shapes' colour in the scene loss with a read-out of its own.",
-    ),
     binding_weight: float = typer.Option(
         None, "--binding-weight", help="Weight of the answer read-out at the question word."
     ),
@@ -162,7 +157,6 @@ def organism_train(
         "n_train": n_train,
         "uninformative_rate": uninformative_rate,
         "aux_weight": aux_weight,
-        "scene_colour_apart": scene_colour_apart,
         "binding_weight": binding_weight,
         "vision_lr_scale": vision_lr_scale,
         "vision_freeze_steps": vision_freeze_steps,

@@ -52,21 +52,11 @@ class AuxHead:
 
     site = "vision"
 
-    def __init__(
-        self,
-        d_model: int,
-        n_kinds: int,
-        n_colours: int,
-        n_counts: int = 4,
-        apart: tuple[int, ...] = (),
-    ) -> None:
+    def __init__(self, d_model: int, n_kinds: int, n_colours: int, n_counts: int = 4) -> None:
         import torch
 
         self.sizes = (n_kinds, n_colours, n_counts)
-        # Kind classes whose colour is read by a colour read-out of its own (empty: none).
-        self.apart = apart
-        extra = n_colours if apart else 0
-        self.linear = torch.nn.Linear(d_model, sum(self.sizes) + extra)
+        self.linear = torch.nn.Linear(d_model, sum(self.sizes))
 
 
 def aux_scene_loss(head: AuxHead, features: Any, targets: Any) -> Any:
@@ -81,40 +71,12 @@ def aux_scene_loss(head: AuxHead, features: Any, targets: Any) -> Any:
 
     out = head.linear(features)
     flat = targets.reshape(-1, targets.shape[-1])
-    if head.apart:
-        return _scene_loss_apart(head, out, flat)
     loss = out.new_zeros(())
     start = 0
     for j, size in enumerate(head.sizes):
         loss = loss + F.cross_entropy(out[:, start : start + size], flat[:, j])
         start += size
     return loss
-
-
-def _scene_loss_apart(head: AuxHead, out: Any, flat: Any) -> Any:
-    """Return the scene loss with the colour of ``head.apart`` kinds read by its own columns.
-
-    Each token's colour is scored once, by the shared colour columns or (for an ``apart`` kind)
-    by the extra ones; both sums are divided by the number of tokens, as the shared mean is.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    kinds, colours, counts = head.sizes
-    n = flat.shape[0]
-    own = torch.isin(flat[:, 0], torch.tensor(head.apart, dtype=flat.dtype))
-    shared_target = torch.where(own, -100, flat[:, 1])
-    own_target = torch.where(own, flat[:, 1], -100)
-    end = kinds + colours + counts
-    colour = (
-        F.cross_entropy(out[:, kinds : kinds + colours], shared_target, reduction="sum")
-        + F.cross_entropy(out[:, end:], own_target, reduction="sum")
-    ) / n
-    return (
-        F.cross_entropy(out[:, :kinds], flat[:, 0])
-        + colour
-        + F.cross_entropy(out[:, kinds + colours : end], flat[:, 2])
-    )
 
 
 class BindingHead:

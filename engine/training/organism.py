@@ -10,8 +10,7 @@ read-outs (:mod:`.heads`) that read the model through the one hook mechanism,
 
 - the scene loss (``aux_weight``, site ``vision``): every merged image token names the item
   drawn under it (kind and colour) and how many items of that kind the image holds. At 84 x 84
-  pixels the 3 x 3 image tokens are exactly the synth grid's cells, one item each. With
-  ``scene_colour_apart`` the ``not_retrieved`` shapes' colour has a read-out of its own.
+  pixels the 3 x 3 image tokens are exactly the synth grid's cells, one item each.
 - the binding loss (``binding_weight``, site ``resid.{binding_layer}``): the answer read at the
   question's shape or object word. Without it the decoder bound the word to the image token
   showing that shape only slowly (held-out after 4,000 steps: colour 0.77, count 0.40,
@@ -109,10 +108,6 @@ class TrainConfig:
     freeze_layers: tuple[int, ...] = ()
     # Weight of the per-token scene loss on the vision tower's merged tokens (0: off).
     aux_weight: float = 1.0
-    # The scene loss reads the not_retrieved shapes' colour with a read-out of its own: the
-    # shared one made the tower write every item's colour in the same directions, which the
-    # decoder reads for the used items, so the not-retrieved colour leaked to the answer.
-    scene_colour_apart: bool = False
     # Weight of the binding loss: a linear read-out of decoder layer binding_layer's output at
     # the question's shape or object word must give the answer (0: off).
     binding_weight: float = 1.0
@@ -162,7 +157,6 @@ class TrainConfig:
             ("vision_lr_scale", self.vision_lr_scale >= 0),
             ("vision_freeze_steps", self.vision_freeze_steps >= 0),
             ("aux_weight", self.aux_weight >= 0),
-            ("aux_weight", self.aux_weight > 0 or not self.scene_colour_apart),
             ("render_size", 32 <= self.render_size <= 4096),
             ("binding_weight", self.binding_weight >= 0),
             ("binding_layer", 0 <= self.binding_layer < layers),
@@ -207,12 +201,6 @@ class TrainConfig:
             suppressed_prior_rate=self.plant.suppressed_prior_rate,
         )
         needs = [
-            (
-                "scene_colour_apart",
-                self.scene_colour_apart,
-                self.plant.not_retrieved,
-                "--not-retrieved",
-            ),
             ("readout_weight", self.readout_weight, self.plant.suppressed, "--suppressed"),
             ("suppress_weight", self.suppress_weight, self.plant.suppressed, "--suppressed"),
             ("hide_weight", self.hide_weight, self.plant.not_retrieved, "--not-retrieved"),
@@ -329,14 +317,7 @@ def _heads(model: Any, cfg: TrainConfig, opt: Any) -> Heads:
     heads = Heads()
     d = cfg.arch.d_model
     if cfg.aux_weight > 0:
-        kinds = ["", *SHAPES, *PRIOR_OBJECTS]  # the classes of data.token_labels
-        apart = tuple(kinds.index(k) for k in cfg.plant.not_retrieved)
-        heads.aux = AuxHead(
-            d,
-            len(kinds),
-            1 + len(PALETTE),
-            apart=apart if cfg.scene_colour_apart else (),
-        )
+        heads.aux = AuxHead(d, 1 + len(SHAPES) + len(PRIOR_OBJECTS), 1 + len(PALETTE))
     if cfg.binding_weight > 0:
         heads.binder = BindingHead(d, model.config.text_config.vocab_size, cfg.binding_layer)
     if cfg.readout_weight > 0:
