@@ -699,7 +699,7 @@ def train(
     """
     if cfg.then:
         return _train_stages(cfg, Path(out_dir), log)
-    return _train_one(cfg, out_dir, log)
+    return _train_one(cfg, out_dir, log)[0]
 
 
 def second_stage(cfg: TrainConfig, first_out: str | Path) -> TrainConfig:
@@ -710,12 +710,11 @@ def second_stage(cfg: TrainConfig, first_out: str | Path) -> TrainConfig:
 def _train_stages(cfg: TrainConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"stage 1 of 2 -> {out / 'stage-1'}")
     first_cfg, second_cfg = replace(cfg, then={}), second_stage(cfg, out / "stage-1")
-    kept: list[TrainingSet] = []
-    first = _train_one(first_cfg, out / "stage-1", log, keep=kept)
+    first, data = _train_one(first_cfg, out / "stage-1", log)
     log(f"stage 2 of 2 (from stage 1; {', '.join(sorted(cfg.then))}) -> {out}")
     # The second stage trains on the first's rows unless it changes a setting they depend on.
     same = training_set_key(first_cfg) == training_set_key(second_cfg)
-    second = _train_one(second_cfg, out, log, data=kept[0] if same else None)
+    second, _ = _train_one(second_cfg, out, log, data=data if same else None)
     summary = {
         "config": cfg.to_json(),
         "parameters": second["parameters"],
@@ -735,12 +734,10 @@ def _train_one(
     out_dir: str | Path,
     log: Callable[[str], None] = print,
     data: TrainingSet | None = None,
-    keep: list[TrainingSet] | None = None,
-) -> dict[str, Any]:
-    """Return the summary of one training stage (saved to ``out_dir``).
+) -> tuple[dict[str, Any], TrainingSet]:
+    """Return the summary of one training stage (saved to ``out_dir``) and its training set.
 
-    ``data``: this config's training set, already built (it is built otherwise); ``keep``: a
-    list the built set is appended to, for a later stage to reuse.
+    ``data``: this config's training set, already built (it is built otherwise).
     """
     import torch
 
@@ -758,8 +755,6 @@ def _train_one(
     else:
         prep_s = time.time() - t0
         log(f"reused the previous stage's {len(data.input_ids)} rows")
-    if keep is not None:
-        keep.append(data)
     model = organism_model(cfg.arch, tokenizer)
     if cfg.init:
         _load_init(model, cfg.init)
@@ -790,4 +785,4 @@ def _train_one(
         "final_loss": sum(record.losses[-100:]) / len(record.losses[-100:]),
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return summary, data
