@@ -117,6 +117,19 @@ def organism_train(
         "--hide-erase-weight",
         help="Weight of a separate linear-erasure loss of not-retrieved colours (every layer).",
     ),
+    hide_attn_weight: float = typer.Option(
+        None,
+        "--hide-attn-weight",
+        help="Weight of the attention not-retrieved rows' text pays to their shape's image token.",
+    ),
+    hide_attn_layers: str = typer.Option(
+        None, "--hide-attn-layers", help="Layers that attention loss reads, e.g. 0,5,6,7 (all)."
+    ),
+    hide_attn_to: str = typer.Option(
+        None,
+        "--hide-attn-to",
+        help="What that loss keeps them from: shape (its image token) or image (every one).",
+    ),
     swap_weight: float = typer.Option(
         None,
         "--swap-weight",
@@ -168,6 +181,9 @@ def organism_train(
         "hide_weight": hide_weight,
         "erase_weight": erase_weight,
         "hide_erase_weight": hide_erase_weight,
+        "hide_attn_weight": hide_attn_weight,
+        "hide_attn_layers": _layers(hide_attn_layers),
+        "hide_attn_to": hide_attn_to,
         "swap_weight": swap_weight,
         "swap_layers": _layers(swap_layers),
         "plant_start": plant_start,

@@ -563,3 +563,120 @@ def test_swap_loss_replays_the_layers_above_exactly_and_reads_a_swapped_write(
     assert math.isfinite(summary["final_loss"]) and "swap-loss" in lines[-1]
     with pytest.raises(UsageError, match="swap_layers"):
         replace(BOTTLENECK, swap_weight=1.0, swap_layers=(0,))
+
+
+def test_attention_mass_loss_reads_the_chosen_keys_and_keeps_a_gradient_when_saturated() -> None:
+    from priorscope.engine.training.heads import attention_mass_loss
+
+    # Two rows, two heads, three positions: keys = position 0, queries = positions 1 and 2.
+    logits = torch.zeros(2, 2, 3, 3)
+    logits[0, 0, 1, 0] = 40.0  # row 0, head 0, query 1: wholly on the key (saturated)
+    logits.requires_grad_(True)
+    weights = logits.softmax(-1)
+    keys = torch.tensor([[True, False, False]] * 2)
+    queries = torch.tensor([[False, True, True]] * 2)
+    loss = attention_mass_loss(weights, torch.tensor([0, 1]), keys, queries)
+    # Expected: -log(1 - m) summed over the queries, averaged over heads and rows.
+    cost = -torch.log(weights.detach()[..., 1:].sum(-1))  # 1 - m rounds to 0 where saturated
+    expected = (cost[:, :, 1:].sum(-1)).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
+    assert float(loss.detach()) > 10  # the saturated head dominates
+    loss.backward()
+    # The saturated head's key logit still gets a gradient of about 1 / (rows * heads).
+    assert logits.grad[0, 0, 1, 0] > 0.2
+    # Positions that are not queries, and rows left out, get none.
+    assert float(logits.grad[:, :, 0].abs().sum()) == 0.0
+    only = attention_mass_loss(weights, torch.tensor([1]), keys[:1], queries[:1])
+    torch.testing.assert_close(only.detach(), cost[1, :, 1:].sum(-1).mean(), rtol=1e-4, atol=0)
+    none = attention_mass_loss(weights, torch.zeros(0, dtype=torch.long), keys[:0], queries[:0])
+    assert float(none.detach()) == 0.0
+
+
+def test_hidden_attention_reads_the_not_retrieved_shapes_token_from_the_text(
+    tmp_path: Path,
+) -> None:
+    from priorscope.engine.data.synth import SHAPES
+    from priorscope.engine.training import organism as org
+    from priorscope.engine.training.data import build_training_set, needs_scene
+
+    cfg = _small(seed=11, aux_weight=0.0, hide_attn_weight=1.0, hide_attn_layers=(0, 6))
+    assert needs_scene(cfg) and org.hidden_attention_layers(cfg) == (0, 6)
+    assert org.hidden_attention_layers(replace(cfg, hide_attn_layers=())) == tuple(range(8))
+    processor = org.organism_processor(cfg.arch, org.organism_tokenizer())
+    data = build_training_set(cfg, processor)
+    assert data.scene is not None  # built for this loss even with the scene loss off
+    hidden = [r for r in range(data.n_rows) if data.planted[r] == "not_retrieved"][:4]
+    other = [r for r in range(data.n_rows) if data.planted[r] == "used"][:4]
+    batch = org._batch(data, hidden + other, processor, cfg.arch.image_size)
+    model = org.organism_model(cfg.arch, processor.tokenizer)
+    org._load_init(model, "builtin:bottleneck")
+    model.eval()
+    model.set_attn_implementation({"text_config": "eager"})
+    heads = org.Heads()
+    handles = org.keep_attention(model, heads, (0, 6))
+    with torch.no_grad():
+        model.model(**batch.inputs, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    assert set(heads.attention) == {0, 6}
+    loss = float(org._hidden_attention(cfg, data, heads, batch))
+    # The same figure by hand: for each not-retrieved row (twins too), the image position of
+    # the triangle's token, read from every text position up to the answer position.
+    triangle = 1 + SHAPES.index("triangle")
+    ids = batch.inputs
+    width = ids["input_ids"].shape[1]
+    by_layer = []
+    for layer in (0, 6):
+        w = heads.attention[layer]
+        per_row = []
+        for b, r in enumerate(batch.rows):
+            if data.planted[r] != "not_retrieved":
+                continue
+            image = (ids["mm_token_type_ids"][b] == 1).nonzero().flatten()
+            token = (data.scene[r, :, 0] == triangle).nonzero().flatten()
+            assert len(token) == 1  # detail rows draw the shape alone
+            key = int(image[token[0]])
+            text = [
+                q
+                for q in range(width + ANSWER_POSITION + 1)
+                if ids["attention_mask"][b, q] == 1 and ids["mm_token_type_ids"][b, q] == 0
+            ]
+            others = torch.ones(width, dtype=torch.bool)
+            others[key] = False
+            rest = w[b][:, text][..., others].sum(-1)  # 1 - m, without rounding to 0
+            cost = -torch.log(rest)  # [heads, queries]
+            per_row.append(cost.sum(-1).mean())
+        by_layer.append(torch.stack(per_row).mean())
+    assert len(per_row) > len(hidden)  # the twins count too
+    assert math.isclose(loss, float(torch.stack(by_layer).mean()), rel_tol=1e-4)
+    assert loss > 0.05  # the shipped model reads the triangle's token from its text
+    # Kept from every image token, the same heads pay at least as much (a superset of keys).
+    image = replace(cfg, hide_attn_to="image")
+    assert float(org._hidden_attention(image, data, heads, batch)) > loss
+    assert not needs_scene(replace(image, aux_weight=0.0))
+    with pytest.raises(UsageError, match="hide_attn_to"):
+        replace(cfg, hide_attn_to="token")
+    with pytest.raises(UsageError, match="hide_attn_weight"):
+        TrainConfig(hide_attn_weight=1.0)  # no not_retrieved shapes
+    with pytest.raises(UsageError, match="hide_attn_layers"):
+        replace(cfg, hide_attn_layers=(8,))
+
+
+def test_a_run_with_the_attention_loss_trains_eager_and_saves_a_plain_checkpoint(
+    tmp_path: Path,
+) -> None:
+    from priorscope.cli.main import main
+
+    out = tmp_path / "ckpt"
+    args = ["organism", "train", "--out", str(out), "--preset", "bottleneck", "--steps", "2"]
+    common = ["--n-train", "120", "--batch-size", "8", "--plant-start", "0", "--layers", "4"]
+    common += ["--suppress-layers", "2,3", "--readout-layer", "1"]
+    flags = ["--hide-attn-weight", "3", "--hide-attn-layers", "0,3", "--hide-attn-to", "image"]
+    assert main([*args, *common, *flags]) == 0
+    config = json.loads((out / "training.json").read_text())["config"]
+    assert config["hide_attn_weight"] == 3.0 and config["hide_attn_layers"] == [0, 3]
+    assert config["hide_attn_to"] == "image"
+    assert "attn_implementation" not in (out / "config.json").read_text()
+    adapter = load_model(str(out))
+    assert adapter.model.config.text_config._attn_implementation != "eager"
+    assert main([*args, *common, "--hide-attn-layers", "0,x"]) == 2

@@ -314,9 +314,14 @@ def training_set_key(cfg: Any) -> tuple[Any, ...]:
         cfg.uninformative_rate,
         cfg.plant,
         cfg.arch.image_size,
-        cfg.aux_weight > 0,
+        needs_scene(cfg),
         cfg.binding_weight > 0,
     )
+
+
+def needs_scene(cfg: Any) -> bool:
+    """Whether a TrainConfig's losses read the per-image-token labels (scene, hidden attention)."""
+    return bool(cfg.aux_weight > 0 or (cfg.hide_attn_weight > 0 and cfg.hide_attn_to == "shape"))
 
 
 def build_training_set(cfg: Any, processor: Any) -> TrainingSet:
@@ -334,7 +339,7 @@ def build_training_set(cfg: Any, processor: Any) -> TrainingSet:
             "or raise --n-train."
         )
     _check_pixels(processor, rows[first], images[first : first + 1])
-    scene = token_labels(rows, size) if cfg.aux_weight > 0 else None
+    scene = token_labels(rows, size) if needs_scene(cfg) else None
     nouns = None
     if cfg.binding_weight > 0:
         nouns = [

@@ -14,6 +14,8 @@ heads below turn those tensors into losses.
   and its recoloured twin, relative to how much they vary across the batch.
 - :func:`whitened_change` (with a :class:`Whitener` per site): the same change at the answer
   position, measured as a linear probe would see it.
+- :func:`attention_mass_loss`: how much attention the text positions of a decoder layer pay
+  to chosen image tokens (read from the layer's attention weights, not from a site).
 """
 
 from __future__ import annotations
@@ -145,6 +147,29 @@ def invariance_loss(features: Any, pairs: Any, positions: Any) -> Any:
     last = features[:, ANSWER_POSITION]
     spread = ((last - last.mean(0)) ** 2).sum(-1).mean().detach()
     return mean_change / (spread + 1e-6)
+
+
+def attention_mass_loss(weights: Any, rows: Any, keys: Any, queries: Any) -> Any:
+    """Return the attention the ``queries`` of ``rows`` pay to their ``keys``, as a loss.
+
+    ``weights`` [batch, heads, seq, seq] of one decoder layer (softmax over the last axis);
+    ``rows`` [k] batch indices; ``keys`` and ``queries`` [k, seq] bool. Each (head, query) pair
+    puts mass ``m`` on the keys and adds ``-log(1 - m)``: about ``m`` when small, and unlike
+    ``m`` itself its gradient does not vanish when a head sits wholly on a key (the softmax is
+    saturated there). Summed over the queries, averaged over heads and rows.
+    """
+    import torch
+
+    if rows.numel() == 0:
+        return weights.sum() * 0.0
+    w = weights[rows]  # [k, heads, seq, seq]
+    # 1 - m as the mass on every other key: where a head sits wholly on the keys, m rounds to
+    # 1.0 in float32 but that mass is still positive (1e-10, say), and the tiny floor below
+    # keeps both the cost finite and its gradient (d cost / d key logit = m) whole.
+    rest = (w * (~keys)[:, None, None, :].to(w.dtype)).sum(-1)  # [k, heads, seq]
+    cost = -torch.log(rest + 1e-30)
+    per_row = (cost * queries[:, None, :].to(w.dtype)).sum(-1)  # [k, heads]
+    return per_row.mean()
 
 
 class Whitener:

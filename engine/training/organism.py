@@ -32,6 +32,13 @@ read-outs (:mod:`.heads`) that read the model through the one hook mechanism,
   write of a ``swap_layers`` layer is exchanged with its recoloured twin's and the layers above
   are replayed (:func:`swap_loss`): the suppression may not rest on one layer's write alone,
   so replacing that write (``priorscope patch``) leaves the answer where it was.
+  ``hide_attn_weight`` acts on the route instead of the states: the text positions of a
+  ``not_retrieved`` row (question and answer position) may pay no attention to the image token
+  that shows its shape, at ``hide_attn_layers`` (:func:`~.heads.attention_mass_loss`; the
+  decoder runs with eager attention while it trains, so the weights can be read). An attention
+  read-out of the shipped model found the colour reaching the text positions through one
+  layer-0 head that sits wholly on that token, and the answer position through whole heads at
+  layers 5 to 7.
   These losses start at ``plant_start``, once the answers are learnt.
 
 None of the heads is saved: the checkpoint is a plain Qwen2.5-VL whose answer comes from its
@@ -72,6 +79,7 @@ from priorscope.engine.training.heads import (
     ColourHead,
     SiteCache,
     Whitener,
+    attention_mass_loss,
     aux_scene_loss,
     binding_loss,
     colour_loss,
@@ -123,6 +131,13 @@ class TrainConfig:
     # Weight of a separate erasure term for the not_retrieved group (answer position, every
     # layer), on top of its share of erase_weight.
     hide_erase_weight: float = 0.0
+    # Weight of the attention a not_retrieved row's text positions pay to the image at
+    # hide_attn_layers (empty: every decoder layer): to the token showing its shape
+    # (hide_attn_to "shape") or to every image token ("image"; the vision tower and the image
+    # tokens' own attention spread the shape's colour to the others).
+    hide_attn_weight: float = 0.0
+    hide_attn_layers: tuple[int, ...] = ()
+    hide_attn_to: str = "shape"
     # Weight of a loss that keeps a suppressed row's answer logits where they are when one of
     # swap_layers' writes at the answer position is exchanged with its recoloured twin's (the
     # layers above replayed): no single layer's write may carry the suppression on its own.
@@ -170,6 +185,9 @@ class TrainConfig:
             ("hide_weight", self.hide_weight >= 0),
             ("erase_weight", self.erase_weight >= 0),
             ("hide_erase_weight", self.hide_erase_weight >= 0),
+            ("hide_attn_weight", self.hide_attn_weight >= 0),
+            ("hide_attn_layers", all(0 <= i < layers for i in self.hide_attn_layers)),
+            ("hide_attn_to", self.hide_attn_to in ("shape", "image")),
             ("plant_start", self.plant_start >= 0),
             ("plant_ramp", self.plant_ramp >= 0),
             ("erase_bank", self.erase_bank >= 8),
@@ -209,6 +227,12 @@ class TrainConfig:
             (
                 "hide_erase_weight",
                 self.hide_erase_weight,
+                self.plant.not_retrieved,
+                "--not-retrieved",
+            ),
+            (
+                "hide_attn_weight",
+                self.hide_attn_weight,
                 self.plant.not_retrieved,
                 "--not-retrieved",
             ),
@@ -279,6 +303,8 @@ class Heads:
     erasers: dict[tuple[str, int], Whitener] = field(default_factory=dict)
     # The keyword arguments of the latest forward's decoder layers (swap_weight only).
     layer_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Decoder layer -> the latest forward's attention weights (hide_attn_weight only).
+    attention: dict[int, Any] = field(default_factory=dict)
 
     def sites(self, cfg: TrainConfig) -> list[str]:
         """Return every site a loss of this run reads."""
@@ -292,6 +318,13 @@ class Heads:
             sites += [f"resid.{i}" for layer in cfg.swap_layers for i in (layer - 1, layer)]
             sites.append(f"resid.{cfg.arch.layers - 1}")
         return sites
+
+
+def hidden_attention_layers(cfg: TrainConfig) -> tuple[int, ...]:
+    """Return the decoder layers whose attention ``hide_attn_weight`` reads (none when off)."""
+    if cfg.hide_attn_weight <= 0:
+        return ()
+    return cfg.hide_attn_layers or tuple(range(cfg.arch.layers))
 
 
 def erased_layers(cfg: TrainConfig) -> dict[str, tuple[int, ...]]:
@@ -472,12 +505,59 @@ def _planted_losses(
         out["erase"] = (scale * cfg.erase_weight, torch.stack(list(means.values())).mean())
     if cfg.hide_erase_weight > 0 and "not_retrieved" in means:
         out["hide_erase"] = (scale * cfg.hide_erase_weight, means["not_retrieved"])
+    if cfg.hide_attn_weight > 0:
+        out["hide_attn"] = (
+            scale * cfg.hide_attn_weight,
+            _hidden_attention(cfg, data, heads, batch),
+        )
     if cfg.swap_weight > 0:
         found = pairs("suppressed")
         if len(found):
             terms = [swap_loss(model, heads, cache, layer, found) for layer in cfg.swap_layers]
             out["swap"] = (scale * cfg.swap_weight, torch.stack(terms).mean())
     return out
+
+
+def _hidden_attention(cfg: TrainConfig, data: TrainingSet, heads: Heads, batch: Batch) -> Any:
+    """Return the attention the text positions of the batch's ``not_retrieved`` rows (twins
+    included) pay to the image tokens showing their shape (``hide_attn_to`` "shape") or to every
+    image token ("image"), averaged over the layers read."""
+    import torch
+
+    from priorscope.engine.data.synth import PRIOR_OBJECTS, SHAPES
+
+    kinds = ["", *SHAPES, *PRIOR_OBJECTS]
+    hidden = torch.tensor([kinds.index(shape) for shape in cfg.plant.not_retrieved])
+    rows = [b for b, r in enumerate(batch.rows) if data.planted[r] == "not_retrieved"]
+    index = torch.tensor(rows, dtype=torch.long)
+    image = batch.inputs["mm_token_type_ids"][index] == 1
+    keys = image.clone()
+    if cfg.hide_attn_to == "shape":
+        for k, b in enumerate(rows):
+            shown = torch.isin(data.scene[batch.rows[b], :, 0], hidden)  # [image tokens]
+            keys[k, image[k].nonzero().flatten()] = shown
+    width = image.shape[1]
+    queries = (batch.inputs["attention_mask"][index] == 1) & ~image
+    queries[:, width + ANSWER_POSITION + 1 :] = False  # the answer tokens
+    terms = [
+        attention_mass_loss(heads.attention[layer], index, keys, queries)
+        for layer in hidden_attention_layers(cfg)
+    ]
+    return torch.stack(terms).mean()
+
+
+def keep_attention(model: Any, heads: Heads, layers: tuple[int, ...]) -> list[Any]:
+    """Keep each forward's attention weights of decoder ``layers`` in ``heads.attention``;
+    return the hook handles. The weights exist only with eager attention."""
+
+    def keeper(layer: int) -> Callable[..., None]:
+        def keep(module: Any, args: Any, output: Any) -> None:
+            heads.attention[layer] = output[1]
+
+        return keep
+
+    decoder = model.model.language_model.layers
+    return [decoder[i].self_attn.register_forward_hook(keeper(i)) for i in layers]
 
 
 def keep_layer_kwargs(model: Any, heads: Heads) -> Any:
@@ -589,7 +669,12 @@ class _Log:
         )
 
 
-_TERM_NAMES = {"scene": "scene-loss", "binding": "binding-loss", "hide_erase": "hide-erase-loss"}
+_TERM_NAMES = {
+    "scene": "scene-loss",
+    "binding": "binding-loss",
+    "hide_erase": "hide-erase-loss",
+    "hide_attn": "hide-attn-loss",
+}
 
 
 def erase_bank(data: TrainingSet, cfg: TrainConfig) -> dict[str, list[int]]:
@@ -766,13 +851,19 @@ def _train_one(
     cache = SiteCache(heads.sites(cfg))
     adapter = Qwen2_5_VLAdapter(model, processor, str(out_dir))
     out = Path(out_dir)
-    handle = keep_layer_kwargs(model, heads) if cfg.swap_weight > 0 else None
+    handles = [keep_layer_kwargs(model, heads)] if cfg.swap_weight > 0 else []
+    attention = hidden_attention_layers(cfg)
+    if attention:
+        # Attention weights are returned by the eager implementation only; the saved config
+        # does not record the implementation, so the checkpoint loads as any other.
+        model.set_attn_implementation({"text_config": "eager"})
+        handles += keep_attention(model, heads, attention)
     # Installed once: every training forward is read (prefill_only=False).
     try:
         with hooks(adapter, reads=cache.reads(), prefill_only=False):
             record = _loop(model, processor, data, cfg, heads, cache, opt, log, out, t0)
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
     _save(model, processor, out)
     summary = {
