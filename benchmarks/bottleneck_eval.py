@@ -292,8 +292,59 @@ def _step_note(training: dict[str, Any]) -> str:
     )
 
 
+def _second_stage(training: dict[str, Any]) -> str:
+    """Return the card's bullet on a second training stage ("" for one stage)."""
+    stages = training.get("stages")
+    if not stages:
+        return ""
+    first, second = stages
+    cfg, then = second["config"], training["config"]["then"]
+    swap = ""
+    if cfg.get("swap_weight", 0.0):
+        layers = ", ".join(str(i) for i in cfg["swap_layers"])
+        swap = (
+            f"; a swap loss (weight {cfg['swap_weight']}, layer(s) {layers}): a suppressed row's"
+            "\n  answer logits must not move when it exchanges that layer's answer-position write"
+            "\n  with its recoloured twin's and the layers above are replayed (without it, a fine-tune"
+            "\n  that erased the leak left the suppression to layer 6's write alone: replacing that"
+            "\n  write moved the suppressed answers' margin by 1.08 logits)"
+        )
+    frozen = " The vision tower stays fixed." if cfg.get("vision_lr_scale", 1.0) == 0 else ""
+    attn = ""
+    if cfg.get("hide_attn_weight", 0.0):
+        layers = ", ".join(str(i) for i in cfg["hide_attn_layers"]) or "every layer"
+        keys = (
+            "any image token" if cfg.get("hide_attn_to") == "image" else "its shape's image token"
+        )
+        attn = (
+            f"\n  An attention loss (weight {cfg['hide_attn_weight']}, {layers}): the text positions of a"
+            f"\n  not-retrieved row (question and answer position) may pay no attention to {keys},"
+            "\n  read from eager attention as -log(1 - mass) per head and position. An attention"
+            "\n  read-out of the first stage found the colour's route: one layer-0 head of a text"
+            "\n  position sat wholly on the shape's token, and the answer position put whole heads on it"
+            "\n  at layers 5 to 7; erasing the states alone, with the tower fixed, left 0.18 to 0.32 at"
+            "\n  the answer position, and keeping the text from the shape's token alone left 0.15 to"
+            "\n  0.18 (the other image tokens hold its colour too)."
+        )
+    erase = ""
+    if "erase_weight" in then:
+        erase = f" The linear erasure's weight is {cfg['erase_weight']} (first stage {first['config']['erase_weight']})."
+    changed = ", ".join(f"{k} {then[k]}" for k in sorted(then))
+    return (
+        f"\n- Second stage (the preset's `then`: {changed}), from the first stage's weights:"
+        f"\n  {cfg['steps']} steps at peak lr {cfg['lr']} with every planted loss at full weight from its first"
+        f"\n  step; the not-retrieved erasure term (weight {cfg.get('hide_erase_weight', 0.0)}, every layer) removes"
+        f"\n  the lone shape's colour that the first stage left at the later layers' answer position"
+        f"\n  (0.32 at resid.6 with C = 1, 0.45 with the tuned ridge){swap}.{frozen}{erase}{attn}"
+        f"\n  First stage: wall"
+        f"\n  {first['wall_seconds'] / 60:.1f} min, CPU {first['cpu_seconds'] / 60:.1f} min; second: wall {second['wall_seconds'] / 60:.1f} min, CPU"
+        f"\n  {second['cpu_seconds'] / 60:.1f} min; both: CPU {training['cpu_seconds'] / 60:.1f} min."
+    )
+
+
 def _card(metrics: dict[str, Any], training: dict[str, Any]) -> str:
     cfg = training["config"]
+    stages = training.get("stages") or [training]
     arch, plant = cfg["arch"], cfg["plant"]
     planted = metrics["behaviour"]["planted"]
     last = f"resid.{arch['layers'] - 1}"
@@ -383,8 +434,8 @@ The suppressed drop is measured from `{mid}` to `{last}`.
   position; on from step 1,000, count stayed at chance through step 4,000. None of these
   read-outs is part of the checkpoint.
 - AdamW, peak lr {cfg["lr"]}, {cfg["warmup"]} warm-up steps then cosine to 5%, batch {cfg["batch_size"]} (+ twins),
-  {cfg["steps"]} steps; seed {cfg["seed"]}; wall time {training["wall_seconds"] / 60:.1f} min, CPU time
-  {training.get("cpu_seconds", float("nan")) / 60:.1f} min on {training["torch_threads"]} torch thread(s) (2-core CPU shared with other jobs).
+  {cfg["steps"]} steps; seed {cfg["seed"]}; wall time {stages[0]["wall_seconds"] / 60:.1f} min, CPU time
+  {stages[0].get("cpu_seconds", float("nan")) / 60:.1f} min on {training["torch_threads"]} torch thread(s) (2-core CPU shared with other jobs).{_second_stage(training)}
 - Command: {_command(cfg, training.get("step"))}{_step_note(training)}
 
 Measurement command: `OMP_NUM_THREADS=1 python benchmarks/bottleneck_eval.py --n {ev["n"]} --card`

@@ -147,6 +147,11 @@ def organism_train(
     init: str = typer.Option(
         None, "--init", help="Start from this checkpoint (folder or builtin:NAME), not at random."
     ),
+    one_stage: bool = typer.Option(
+        False,
+        "--one-stage",
+        help="Train only the first stage of a two-stage preset (bottleneck: no fine-tune).",
+    ),
     save_every: int = typer.Option(
         0, "--save-every", help="Also save DIR/step-N every this many steps (0: only at the end)."
     ),
@@ -155,6 +160,9 @@ def organism_train(
     """Train a model organism (a tiny Qwen2.5-VL) on synthetic data from scratch.
 
     A preset's defaults reproduce its shipped checkpoint; any option given replaces one setting.
+    The bottleneck preset trains in two stages: the options set the first; the second (its
+    fine-tune, saved in OUT, the first kept in OUT/stage-1) changes only what the preset's
+    `then` names. --one-stage stops after the first.
 
     Example: priorscope organism train --out bottleneck_ckpt --preset bottleneck --seed 0
     """
@@ -194,6 +202,8 @@ def organism_train(
     if layers is not None:
         changes["arch"] = replace(base.arch, layers=layers)
     changes["plant"] = _plant(base.plant, templates, suppressed, not_retrieved)
+    if one_stage:
+        changes["then"] = {}
     cfg = replace(base, seed=seed, save_every=save_every, **changes)
     summary = train(cfg, out, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
     console.print(

@@ -281,6 +281,28 @@ BOTTLENECK = TrainConfig(
     # 1,000 count stayed at chance through step 4,000.
     plant_start=4000,
     plant_ramp=500,
+    # A fine-tune from those weights: the first stage left the not-retrieved colour readable at
+    # the later layers' answer position (0.32 at resid.6 against a band topping at 0.16). The
+    # text positions of its rows may no longer attend to the image at all (the leak's route: a
+    # layer-0 head on the shape's token, whole heads at layers 5 to 7, and the other image
+    # tokens, which hold the shape's colour too); its erasure gets a term of its own and the
+    # suppressed group's a heavier weight, with every planted loss at full weight from the
+    # start; the swap loss keeps the suppression from resting on layer 6's write alone; the
+    # vision tower stays as it is (trained, it left the image tokens' colours harder to read
+    # from few items).
+    then={
+        "steps": 2300,
+        "lr": 3e-4,
+        "plant_start": 0,
+        "plant_ramp": 0,
+        "erase_weight": 3.0,
+        "hide_erase_weight": 40.0,
+        "hide_attn_weight": 1.0,
+        "hide_attn_to": "image",
+        "swap_weight": 1.0,
+        "swap_layers": (6,),
+        "vision_lr_scale": 0.0,
+    },
 )
 PRESETS: dict[str, TrainConfig] = {"organism": TrainConfig(), "bottleneck": BOTTLENECK}
 
