@@ -192,6 +192,13 @@ def row_image(row: TrainingRow, image_size: int) -> Any:
     return image
 
 
+def scene_kinds() -> list[str]:
+    """Return the kind classes of :func:`token_labels`: "" (nothing), the shapes, the objects."""
+    from priorscope.engine.data.synth import PRIOR_OBJECTS, SHAPES
+
+    return ["", *SHAPES, *PRIOR_OBJECTS]
+
+
 def token_labels(rows: Sequence[TrainingRow], image_size: int) -> Any:
     """Return per-image-token targets [n, tokens, 3]: kind, colour and kind count of the item.
 
@@ -203,9 +210,9 @@ def token_labels(rows: Sequence[TrainingRow], image_size: int) -> Any:
     """
     import torch
 
-    from priorscope.engine.data.synth import PALETTE, PRIOR_OBJECTS, SHAPES
+    from priorscope.engine.data.synth import PALETTE
 
-    kinds = ["", *SHAPES, *PRIOR_OBJECTS]
+    kinds = scene_kinds()
     colours = ["", *PALETTE]
     grid = image_size // 28
     labels = torch.zeros((len(rows), grid * grid, 3), dtype=torch.long)

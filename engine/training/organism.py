@@ -34,11 +34,12 @@ read-outs (:mod:`.heads`) that read the model through the one hook mechanism,
   so replacing that write (``priorscope patch``) leaves the answer where it was.
   ``hide_attn_weight`` acts on the route instead of the states: the text positions of a
   ``not_retrieved`` row (question and answer position) may pay no attention to the image token
-  that shows its shape, at ``hide_attn_layers`` (:func:`~.heads.attention_mass_loss`; the
-  decoder runs with eager attention while it trains, so the weights can be read). An attention
-  read-out of the shipped model found the colour reaching the text positions through one
-  layer-0 head that sits wholly on that token, and the answer position through whole heads at
-  layers 5 to 7.
+  that shows its shape (``hide_attn_to`` "shape") or to any image token ("image"), at
+  ``hide_attn_layers`` (:func:`~.heads.attention_mass_loss`; the decoder runs with eager
+  attention while it trains, so the weights can be read). An attention read-out of the first
+  stage found the colour reaching the text positions through one layer-0 head that sits wholly
+  on that token, and the answer position through whole heads at layers 5 to 7; the other image
+  tokens hold the colour too, so the shipped second stage keeps the text from all of them.
   These losses start at ``plant_start``, once the answers are learnt.
 
 None of the heads is saved: the checkpoint is a plain Qwen2.5-VL whose answer comes from its
@@ -70,6 +71,7 @@ from priorscope.engine.training.data import (
     build_training_set,
     collate,
     patchify,
+    scene_kinds,
     training_set_key,
 )
 from priorscope.engine.training.heads import (
@@ -546,15 +548,13 @@ def _hidden_attention(cfg: TrainConfig, data: TrainingSet, heads: Heads, batch: 
     image token ("image"), averaged over the layers read."""
     import torch
 
-    from priorscope.engine.data.synth import PRIOR_OBJECTS, SHAPES
-
-    kinds = ["", *SHAPES, *PRIOR_OBJECTS]
-    hidden = torch.tensor([kinds.index(shape) for shape in cfg.plant.not_retrieved])
     rows = [b for b, r in enumerate(batch.rows) if data.planted[r] == "not_retrieved"]
     index = torch.tensor(rows, dtype=torch.long)
     image = batch.inputs["mm_token_type_ids"][index] == 1
     keys = image.clone()
     if cfg.hide_attn_to == "shape":
+        kinds = scene_kinds()
+        hidden = torch.tensor([kinds.index(shape) for shape in cfg.plant.not_retrieved])
         for k, b in enumerate(rows):
             shown = torch.isin(data.scene[batch.rows[b], :, 0], hidden)  # [image tokens]
             keys[k, image[k].nonzero().flatten()] = shown
