@@ -8,6 +8,7 @@ for every family so that results are comparable across models.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Sequence
@@ -376,10 +377,15 @@ class HFAdapter(VLMAdapter):
         return out
 
     # -- running -------------------------------------------------------------------------------
+    def forward_context(self) -> contextlib.AbstractContextManager[None]:
+        """Return what :meth:`generate` and :meth:`prefill` run the model inside (a family's
+        speed-ups that leave every output bitwise as it is; none by default)."""
+        return contextlib.nullcontext()
+
     def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int) -> list[str]:
         import torch
 
-        with torch.no_grad():
+        with torch.no_grad(), self.forward_context():
             out = self.model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
@@ -397,7 +403,7 @@ class HFAdapter(VLMAdapter):
         # Only the answer position's logits, as generate's prefill asks where the model can.
         supports = getattr(self.model, "_supports_logits_to_keep", lambda: False)
         keep = {"logits_to_keep": 1} if supports() else {}
-        with torch.no_grad():
+        with torch.no_grad(), self.forward_context():
             self.model(**batch, use_cache=False, **keep)
 
     def weights_sha256(self) -> str:

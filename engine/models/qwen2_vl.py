@@ -5,10 +5,12 @@ Also what both Qwen-VL families share: the chat template and the image-only proc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, ClassVar
 
 from priorscope.engine.models.hf import HFAdapter
+from priorscope.engine.models.qwen_layout import GridIndexCache, layout_memo
 
 # Qwen's own chat template, image and text parts only (the checkpoint's template wins if present).
 _QWEN_DEFAULT_SYSTEM = (
@@ -81,6 +83,15 @@ class Qwen2VLAdapter(HFAdapter):
     @classmethod
     def processor_class(cls) -> Any:
         return image_only_qwen2_vl_processor()
+
+    def __init__(self, model: Any, processor: Any, name_or_path: str) -> None:
+        super().__init__(model, processor, name_or_path)
+        visual = getattr(getattr(model, "model", None), "visual", None)
+        # Vision index tensors per image grid, kept across batches (engine/models/qwen_layout).
+        self._grids = GridIndexCache(visual) if visual is not None else None
+
+    def forward_context(self) -> contextlib.AbstractContextManager[None]:
+        return layout_memo(self.model, self._grids)
 
 
 def device_pixel_values(image_processor: Any, images: Any) -> tuple[Any, Any]:
