@@ -185,6 +185,27 @@ def test_resume_with_another_configuration_is_refused(setup) -> None:
         capture(dataclasses.replace(cfg, batch_size=5), adapter=adapter)
 
 
+def test_resume_into_a_store_of_another_example_order_is_refused(setup) -> None:
+    """A store whose rows are in another order (an older ordering) is never resumed into."""
+    import shutil
+
+    import zarr
+
+    out = setup.root / "reordered.zarr"
+    shutil.copytree(setup.ref, out)
+    cfg = dataclasses.replace(setup.cfg, out=str(out))
+    capture(cfg, adapter=setup.adapter)  # the same order: a complete store, nothing to do
+    ids = zarr.open_array(str(out / "examples" / "id"), mode="r+")
+    before = ids[:].tolist()
+    ids[:2] = [before[1], before[0]]
+    with pytest.raises(ConfigMismatchError) as info:
+        capture(cfg, adapter=setup.adapter)
+    message = str(info.value)
+    assert f"examples/id[0] is {str(before[1])!r} in the store" in message
+    assert f"this run puts {str(before[0])!r} there" in message
+    assert "capture into another --out" in message
+
+
 def test_cli_capture_equals_api_and_store_commands(setup, capsys) -> None:
     from priorscope.cli.main import main
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,26 +85,39 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def example_table(examples: Sequence[Example], order: Sequence[int]) -> dict[str, list[Any]]:
-    """Return the ``examples/*`` columns in store order (``metric``: ``scoring.rule``)."""
+def example_table(
+    examples: Sequence[Example], order: Sequence[int], columns: Sequence[str] | None = None
+) -> dict[str, list[Any]]:
+    """Return the ``examples/*`` columns in store order (``metric``: ``scoring.rule``).
+
+    ``columns`` names the ones wanted (default: all of them).
+    """
+    rows = [examples[i] for i in order]
+    makers = _column_makers(rows, order)
+    return {name: makers[name]() for name in (columns or makers)}
+
+
+def _column_makers(
+    rows: Sequence[Example], order: Sequence[int]
+) -> dict[str, Callable[[], list[Any]]]:
+    """Return a maker of each ``examples/*`` column, in the store's column order."""
     from priorscope.engine.data import scoring
 
-    rows = [examples[i] for i in order]
     return {
-        "id": [ex.id for ex in rows],
-        "benchmark": [ex.benchmark for ex in rows],
-        "category": [ex.category for ex in rows],
-        "question": [ex.question for ex in rows],
-        "gold": [json.dumps(list(ex.answers)) for ex in rows],
-        "options": [json.dumps(list(ex.options)) for ex in rows],
-        "metadata": [json.dumps(dict(ex.metadata), sort_keys=True) for ex in rows],
-        "source_row": [
+        "id": lambda: [ex.id for ex in rows],
+        "benchmark": lambda: [ex.benchmark for ex in rows],
+        "category": lambda: [ex.category for ex in rows],
+        "question": lambda: [ex.question for ex in rows],
+        "gold": lambda: [json.dumps(list(ex.answers)) for ex in rows],
+        "options": lambda: [json.dumps(list(ex.options)) for ex in rows],
+        "metadata": lambda: [json.dumps(dict(ex.metadata), sort_keys=True) for ex in rows],
+        "source_row": lambda: [
             ex.source.row if ex.source is not None else i for ex, i in zip(rows, order, strict=True)
         ],
-        "metric": [scoring.rule(ex) for ex in rows],
-        "n_images": [len(ex.images) for ex in rows],
-        "has_image": [ex.has_image for ex in rows],
-        "image_sha256": [ex.images_sha256 for ex in rows],
+        "metric": lambda: [scoring.rule(ex) for ex in rows],
+        "n_images": lambda: [len(ex.images) for ex in rows],
+        "has_image": lambda: [ex.has_image for ex in rows],
+        "image_sha256": lambda: [ex.images_sha256 for ex in rows],
     }
 
 

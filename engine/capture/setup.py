@@ -20,7 +20,7 @@ from priorscope.engine.capture.plan import Plan, example_table, file_sha256, mak
 from priorscope.engine.conditions import parse_layers
 from priorscope.engine.errors import ConfigMismatchError, DataError, StoreError, UsageError
 from priorscope.engine.models.base import VLMAdapter
-from priorscope.engine.store import schema
+from priorscope.engine.store import backend, schema
 from priorscope.engine.store.backend import children
 from priorscope.engine.store.backend import exists as store_exists
 from priorscope.engine.store.dtypes import parse_hidden_dtype
@@ -260,7 +260,34 @@ def open_capture_store(
         wanted["data_options"] = {**wanted["data_options"], "on_bad": was}
     check_resume(group, wanted, path)
     check_weights(group, adapter, path)
+    check_order(group, plan, path)
     return group, layout_from_attrs(dict(group.attrs))
+
+
+def check_order(group: zarr.Group, plan: Plan, path: str) -> None:
+    """Refuse a resume whose example order differs from the one the store was written in.
+
+    A resume recomputes the plan from the data; the same data and configuration give the same
+    order, but a priorscope that orders examples differently would write rows into another
+    example's place. The store's ``examples/id`` and ``examples/source_row`` say what is where.
+    """
+    want = example_table(plan.examples, plan.order, columns=("id", "source_row"))
+    for name in ("id", "source_row"):
+        have = [str(v) for v in backend.read(backend.node(group, f"{schema.EX}/{name}")).tolist()]
+        mine = [str(v) for v in want[name]]
+        if have == mine:
+            continue
+        row = next((i for i, (a, b) in enumerate(zip(have, mine, strict=False)) if a != b), -1)
+        where = (
+            f"examples/{name}[{row}] is {have[row]!r} in the store, this run puts {mine[row]!r} there"
+            if row >= 0
+            else f"the store holds {len(have)} examples, this run plans {len(mine)}"
+        )
+        raise ConfigMismatchError(
+            f"Expected the examples in {path} in the order this capture plans them. Got another "
+            f"order: {where}. The store was written by a priorscope that orders examples "
+            "differently: finish it with that version, or capture into another --out."
+        )
 
 
 def _refuse_damaged(group: zarr.Group, path: str) -> None:
