@@ -50,14 +50,19 @@ def arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield f"{prefix}{name}", member
 
 
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Return whether two arrays hold the same values bit for bit (-0.0 and nan payloads too)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind in "fc":
+        return a.tobytes() == b.tobytes()
+    return bool(np.array_equal(a, b))
+
+
 def differing(a: Path, b: Path) -> list[str]:
     """Return the arrays whose contents differ between two stores."""
     ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
-    return [
-        name
-        for name, arr in arrays(ga)
-        if not np.array_equal(arr[...], gb[name][...], equal_nan=arr.dtype.kind == "f")
-    ]
+    return [name for name, arr in arrays(ga) if not same_bits(arr[...], gb[name][...])]
 
 
 def main() -> None:

@@ -204,6 +204,11 @@ def test_resume_into_a_store_of_another_example_order_is_refused(setup) -> None:
     assert f"examples/id[0] is {str(before[1])!r} in the store" in message
     assert f"this run puts {str(before[0])!r} there" in message
     assert "capture into another --out" in message
+    ids[:2] = before[:2]
+    rows = zarr.open_array(str(out / "examples" / "source_row"), mode="r+")
+    rows[0] = rows[0] + 100
+    with pytest.raises(ConfigMismatchError, match=r"examples/source_row\[0\] is '1\d\d' in"):
+        capture(cfg, adapter=setup.adapter)
 
 
 def test_cli_capture_equals_api_and_store_commands(setup, capsys) -> None:

@@ -10,6 +10,7 @@ same hidden states and answers as one outside, and the block leaves nothing behi
 from __future__ import annotations
 
 import contextlib
+import importlib
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from PIL import Image
 from transformers import vision_utils
 
 from priorscope.engine.data import Example
-from priorscope.engine.models.qwen_layout import GridIndexCache, memo_rope_index
+from priorscope.engine.models.qwen_layout import GridIndexCache, memo_rope_index, supported
 from priorscope.engine.models.registry import load_model
 from priorscope.engine.models.tiny import build_tiny
 
@@ -30,9 +31,14 @@ def adapter(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return load_model(str(folder), dtype="float32")
 
 
-def random_grids(rng: np.random.Generator, n: int) -> torch.Tensor:
-    """Return [n, 3] image grids (t 1, even h and w from 2 to 40 patches)."""
-    return torch.tensor([[1, 2 * rng.integers(1, 21), 2 * rng.integers(1, 21)] for _ in range(n)])
+def random_grids(rng: np.random.Generator, n: int, most_t: int = 1) -> torch.Tensor:
+    """Return [n, 3] grids: t from 1 to ``most_t``, even h and w from 2 to 40 patches."""
+    return torch.tensor(
+        [
+            [rng.integers(1, most_t + 1), 2 * rng.integers(1, 21), 2 * rng.integers(1, 21)]
+            for _ in range(n)
+        ]
+    )
 
 
 def random_rows(
@@ -75,10 +81,12 @@ def test_rope_index_equals_transformers(adapter: Any) -> None:
     memo = memo_rope_index(stock)
     merge = int(inner.config.vision_config.spatial_merge_size)
     rng = np.random.default_rng(0)
-    for trial in range(30):
-        ids, types, mask, grids = random_rows(rng, int(rng.integers(2, 24)), merge)
-        if trial % 5 == 0:  # no attention mask: every row its full length
+    for trial in range(36):
+        ids, types, mask, grids = random_rows(rng, int(rng.integers(1, 24)), merge)
+        if trial % 6 == 0:  # no attention mask: every row its full length
             mask = None
+        elif trial % 6 == 1:
+            mask = mask.bool()
         want = stock(ids, types, image_grid_thw=grids, attention_mask=mask)
         got = memo(ids, types, image_grid_thw=grids, attention_mask=mask, pixel_values=None)
         for w, g in zip(want, got, strict=True):
@@ -116,7 +124,7 @@ def test_vision_indices_equal_transformers(adapter: Any) -> None:
     cache = GridIndexCache(visual)
     rng = np.random.default_rng(2)
     for trial in range(40):
-        grids = random_grids(rng, int(rng.integers(1, 7)))
+        grids = random_grids(rng, int(rng.integers(1, 7)), most_t=1 + trial % 3)
         if trial % 4 == 0:
             grids = torch.cat([grids, grids[:1], grids])  # repeated grids hit the cache
         got = cache.batch(grids)
@@ -136,6 +144,46 @@ def test_vision_indices_equal_transformers(adapter: Any) -> None:
         else:
             assert set(got) == {"position_ids"}
     assert cache.windowed == (adapter.family == "qwen2_5_vl")
+
+
+def test_the_block_uses_the_memo_and_leaves_nothing_behind(
+    adapter: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Transformers' M-RoPE code sees one row per distinct row; the vision tower, given indices."""
+    assert supported(adapter.model)
+    inner = adapter.model.model
+    rows_seen: list[int] = []
+    stock = type(inner).get_rope_index
+
+    def counting(self: Any, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        rows_seen.append(len(input_ids))
+        return stock(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(type(inner), "get_rope_index", counting)
+    modeling = importlib.import_module(type(inner).__module__)
+    given: list[bool] = []
+    own = modeling.get_vision_position_ids
+
+    def noting(*args: Any, kwargs: dict | None = None, **rest: Any) -> Any:
+        given.append(kwargs is not None and "position_ids" in kwargs)
+        return own(*args, kwargs=kwargs, **rest)
+
+    monkeypatch.setattr(modeling, "get_vision_position_ids", noting)
+    examples = [
+        Example(id=f"e{i}", question="What colour is it?", answers=("red",)) for i in range(3)
+    ]
+    batch = adapter.encode(examples * 2, [noise(0, 56, 56)] * 6)  # 2 conditions x 3 examples
+    with torch.no_grad(), adapter.forward_context():
+        adapter.model(**batch, use_cache=False)
+    assert rows_seen == [1] and given == [True]
+    rows_seen.clear()
+    given.clear()
+    with torch.no_grad():
+        adapter.model(**batch, use_cache=False)
+    assert rows_seen == [6] and given == [False]
+    with pytest.raises(RuntimeError, match="inside"), adapter.forward_context():
+        raise RuntimeError("inside")
+    assert "get_rope_index" not in vars(inner) and not inner.visual._forward_pre_hooks
 
 
 def noise(seed: int, width: int, height: int) -> Image.Image:

@@ -94,7 +94,13 @@ def example_table(
     """
     rows = [examples[i] for i in order]
     makers = _column_makers(rows, order)
-    return {name: makers[name]() for name in (columns or makers)}
+    names = list(makers) if columns is None else list(columns)
+    unknown = [name for name in names if name not in makers]
+    if unknown:
+        raise ValueError(
+            f"Expected example table columns among {', '.join(makers)}. Got {unknown} instead."
+        )
+    return {name: makers[name]() for name in names}
 
 
 def _column_makers(

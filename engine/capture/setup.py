@@ -222,6 +222,7 @@ def open_capture_store(
     path = cfg.out  # a local folder or a URL: never through Path (it would mangle s3://)
     data_sha = file_sha256(cfg.data) if Path(cfg.data).is_file() else ""
     wanted = identity(cfg, adapter, data_sha)
+    created = False
     if not store_exists(path):
         # What an interrupted creation on object storage leaves (no root zarr.json yet) is
         # simply overwritten; anything else is someone's data.
@@ -233,6 +234,7 @@ def open_capture_store(
                 f"without zarr.json: {path} (holds {foreign[:3]}). Choose another --out."
             )
         if cfg.shard[0] == 0:
+            created = True
             layout = _new_layout(cfg, adapter, plan, prep)
             wanted["shard_examples"] = layout.shard_examples  # record the resolved size
             attrs = _attributes(cfg, adapter, plan, prep, wanted, data_sha)
@@ -260,7 +262,8 @@ def open_capture_store(
         wanted["data_options"] = {**wanted["data_options"], "on_bad": was}
     check_resume(group, wanted, path)
     check_weights(group, adapter, path)
-    check_order(group, plan, path)
+    if not created:  # a store this call wrote its table into holds this plan's order
+        check_order(group, plan, path)
     return group, layout_from_attrs(dict(group.attrs))
 
 
@@ -268,8 +271,9 @@ def check_order(group: zarr.Group, plan: Plan, path: str) -> None:
     """Refuse a resume whose example order differs from the one the store was written in.
 
     A resume recomputes the plan from the data; the same data and configuration give the same
-    order, but a priorscope that orders examples differently would write rows into another
-    example's place. The store's ``examples/id`` and ``examples/source_row`` say what is where.
+    order, but changed data (a folder of files has no data hash in the identity) or a priorscope
+    that orders examples differently would write rows into another example's place. The store's
+    ``examples/id`` and ``examples/source_row`` say what is where.
     """
     want = example_table(plan.examples, plan.order, columns=("id", "source_row"))
     for name in ("id", "source_row"):
@@ -285,8 +289,9 @@ def check_order(group: zarr.Group, plan: Plan, path: str) -> None:
         )
         raise ConfigMismatchError(
             f"Expected the examples in {path} in the order this capture plans them. Got another "
-            f"order: {where}. The store was written by a priorscope that orders examples "
-            "differently: finish it with that version, or capture into another --out."
+            f"order: {where}. Either the data (or its images) changed since the store was "
+            "written, or a priorscope that orders examples differently wrote it: capture into "
+            "another --out, or finish the store with the data and version that started it."
         )
 
 

@@ -10,7 +10,7 @@ import functools
 from typing import Any, ClassVar
 
 from priorscope.engine.models.hf import HFAdapter
-from priorscope.engine.models.qwen_layout import GridIndexCache, layout_memo
+from priorscope.engine.models.qwen_layout import GridIndexCache, layout_memo, supported
 
 # Qwen's own chat template, image and text parts only (the checkpoint's template wins if present).
 _QWEN_DEFAULT_SYSTEM = (
@@ -86,11 +86,12 @@ class Qwen2VLAdapter(HFAdapter):
 
     def __init__(self, model: Any, processor: Any, name_or_path: str) -> None:
         super().__init__(model, processor, name_or_path)
-        visual = getattr(getattr(model, "model", None), "visual", None)
         # Vision index tensors per image grid, kept across batches (engine/models/qwen_layout).
-        self._grids = GridIndexCache(visual) if visual is not None else None
+        self._grids = GridIndexCache(model.model.visual) if supported(model) else None
 
     def forward_context(self) -> contextlib.AbstractContextManager[None]:
+        if self._grids is None:
+            return contextlib.nullcontext()
         return layout_memo(self.model, self._grids)
 
 

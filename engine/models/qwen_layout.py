@@ -5,19 +5,25 @@ the host: the vision tower's rotary positions and (Qwen2.5-VL) its window permut
 image at a time, and the decoder's 3-D M-RoPE positions, one row at a time
 (``get_rope_index``). A decay sweep asks for the same ones over and over: every condition of an
 example has the same grid and the same prompt row, and every image of one size the same grid.
-On the CPU organism these loops were 14% of a capture (2.8 s of 20 s, 400 items); on a GPU
-they also stall the device (``.tolist()`` per row and per image).
+In a cProfile of a CPU capture on the organism these loops were 14% of the time (2.8 s of
+20 s, 400 items); on a GPU each of their ``.tolist()`` calls also waits for the device.
 
 :func:`layout_memo` installs, for the duration of a ``with`` block, versions that call
 transformers' own functions once per distinct grid and once per distinct row and assemble the
 batch from those, so every tensor is the one transformers would build (integers, bitwise; the
-tests compare them on random batches). What they do not recognise (video grids, a mask that is
-not left padding, precomputed vision indices) goes to transformers' own code unchanged.
+tests compare them on random batches). The M-RoPE rows go to transformers' own code unchanged
+for a batch of one row, video grids, or a mask that is not left padding; the vision tower keeps
+indices a caller precomputed. :func:`supported` says whether the installed transformers has the
+hooks this relies on (``transformers.vision_utils``, whose functions accept precomputed
+indices, and ``get_rope_index`` reading ``mm_token_type_ids``); without them nothing changes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import inspect
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,30 +32,49 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+def supported(model: Any) -> bool:
+    """Return whether the installed transformers and ``model`` have what the memo relies on."""
+    inner = getattr(model, "model", None)
+    stock = getattr(type(inner), "get_rope_index", None)
+    if stock is None or getattr(inner, "visual", None) is None:
+        return False
+    if importlib.util.find_spec("transformers.vision_utils") is None:
+        return False  # before transformers' precomputed vision indices: keys would leak on
+    return "mm_token_type_ids" in inspect.signature(stock).parameters
+
+
 class GridIndexCache:
-    """Vision index tensors per image grid (t, h, w), assembled for a batch of grids."""
+    """Vision index tensors per image grid (t, h, w), assembled for a batch of grids.
+
+    Keeps the ``MAX_GRIDS`` grids used last: capture groups batches by image size, so a few
+    cover nearly every hit, and a benchmark at native resolutions cannot fill device memory.
+    """
+
+    MAX_GRIDS = 256
 
     def __init__(self, visual: Any) -> None:
-        from transformers import vision_utils
-
-        self._vu = vision_utils
         self.merge = int(visual.spatial_merge_size)
         self.windowed = hasattr(visual, "window_size") and hasattr(visual, "patch_size")
         self.window_size = int(getattr(visual, "window_size", 0))
         self.patch_size = int(getattr(visual, "patch_size", 0))
-        self._one: dict[tuple[tuple[int, int, int], str], dict[str, torch.Tensor]] = {}
+        self._one: OrderedDict[tuple[tuple[int, int, int], str], dict[str, torch.Tensor]] = (
+            OrderedDict()
+        )
 
     def _single(self, grid: tuple[int, int, int], device: torch.device) -> dict[str, torch.Tensor]:
         """Return transformers' own index tensors for one image of ``grid``."""
         import torch
+        from transformers import vision_utils
 
         key = (grid, str(device))
         got = self._one.get(key)
-        if got is None:
+        if got is not None:
+            self._one.move_to_end(key)
+        else:
             thw = torch.tensor([grid], dtype=torch.long, device=device)
-            got = {"position_ids": self._vu.get_vision_position_ids(thw, self.merge)}
+            got = {"position_ids": vision_utils.get_vision_position_ids(thw, self.merge)}
             if self.windowed:
-                index, cu = self._vu.get_vision_window_index(
+                index, cu = vision_utils.get_vision_window_index(
                     thw,
                     spatial_merge_size=self.merge,
                     window_size=self.window_size,
@@ -57,6 +82,8 @@ class GridIndexCache:
                 )
                 got["window_index"], got["cu_window_seqlens"] = index, cu
             self._one[key] = got
+            if len(self._one) > self.MAX_GRIDS:
+                self._one.popitem(last=False)
         return got
 
     def batch(self, grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -95,6 +122,7 @@ def _row_grids(
     """
     import torch
 
+    grid_thw = grid_thw.to(image_types.device)
     prev = torch.nn.functional.pad(image_types[:, :-1], (1, 0), value=False)
     counts = (image_types & ~prev).sum(dim=1)
     if int(counts.sum()) != int(grid_thw.shape[0]):
@@ -148,6 +176,8 @@ def memo_rope_index(stock: Any) -> Any:
         if row_grids is None:
             return own()
         padded, counts = row_grids
+        # The ids are part of the key though transformers 5.24 reads only the token types: an
+        # older Qwen2-VL found images by token id, and repeated conditions share ids anyway.
         key = torch.cat([types.long(), input_ids.masked_fill(~valid, -1).long(), padded.long()], 1)
         _, inverse = torch.unique(key, dim=0, return_inverse=True)
         n, rows = len(input_ids), torch.arange(len(input_ids), device=input_ids.device)
@@ -155,7 +185,8 @@ def memo_rope_index(stock: Any) -> Any:
         first = first.scatter_reduce(0, inverse, rows, "amin")[: int(inverse.max()) + 1]
         if len(first) == n:
             return own()
-        grids = torch.cat([padded[r, : 3 * int(counts[r])].view(-1, 3) for r in first.tolist()])
+        per_row = counts.tolist()
+        grids = torch.cat([padded[r, : 3 * per_row[r]].view(-1, 3) for r in first.tolist()])
         position_ids, deltas = stock(
             input_ids[first],
             mm_token_type_ids[first],
@@ -169,18 +200,16 @@ def memo_rope_index(stock: Any) -> Any:
 
 
 @contextlib.contextmanager
-def layout_memo(model: nn.Module, grids: GridIndexCache | None) -> Iterator[None]:
+def layout_memo(model: nn.Module, grids: GridIndexCache) -> Iterator[None]:
     """Within the block, ``model``'s Qwen-VL index tensors come from the memoised versions.
 
-    ``model`` is a ``Qwen2VLForConditionalGeneration``-like model (``.model.get_rope_index``,
-    ``.model.visual``); ``grids`` is the adapter's cache kept across calls (None: leave the
-    vision tower as it is). Both changes are undone on exit.
+    ``model`` is a ``Qwen2VLForConditionalGeneration``-like model for which :func:`supported`
+    holds; ``grids`` is the adapter's cache, kept across calls. Both changes are undone on exit,
+    an exception's included; an inner block nested in an outer one leaves the outer's in place.
+    One thread at a time: the block changes the model object itself.
     """
-    inner: Any = getattr(model, "model", None)
-    stock: Any = getattr(type(inner), "get_rope_index", None) if inner is not None else None
-    visual = getattr(inner, "visual", None)
-    handle = None
-    if grids is not None and visual is not None:
+    inner: Any = model.model
+    with contextlib.ExitStack() as undo:
 
         def add_indices(_: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
@@ -189,14 +218,9 @@ def layout_memo(model: nn.Module, grids: GridIndexCache | None) -> Iterator[None
                 return args, kwargs
             return args, {**kwargs, **grids.batch(grid_thw)}
 
-        handle = visual.register_forward_pre_hook(add_indices, with_kwargs=True)
-    own_rope = stock is not None and "get_rope_index" not in vars(inner)  # not when nested
-    if own_rope:
-        inner.get_rope_index = memo_rope_index(stock.__get__(inner))
-    try:
+        undo.callback(inner.visual.register_forward_pre_hook(add_indices, with_kwargs=True).remove)
+        if "get_rope_index" not in vars(inner):  # else an outer block's memo is in place
+            stock = type(inner).get_rope_index.__get__(inner)
+            inner.get_rope_index = memo_rope_index(stock)
+            undo.callback(delattr, inner, "get_rope_index")
         yield
-    finally:
-        if handle is not None:
-            handle.remove()
-        if own_rope:
-            del inner.get_rope_index
